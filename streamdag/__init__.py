@@ -1,0 +1,5 @@
+"""streamdag: train growing DAGs of many small neuron groups, fast."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
