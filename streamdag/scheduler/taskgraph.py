@@ -1,0 +1,432 @@
+"""Task graphs: named tasks (kernel launches or host callables) and their dependencies.
+
+Design note. A :class:`TaskGraph` is the user's description of work, written the way
+Taskflow reads: ``a.precede(b, c)``, ``d.succeed(b, c)``. It holds *specs* only — no device
+state — so planning stays pure Python. Each task is one of
+
+- a **kernel task**: a :class:`KernelSpec` (file, ``extern "C"`` name, declared parameter
+  types), a :class:`LaunchShape` and arguments. Buffers are named symbolically with
+  :class:`Buf`; scalars must be numpy scalars of the parameter's exact type, because the
+  launcher packs a Python ``float`` as a double and a Python ``int`` as a pointer without
+  complaint. Everything is checked when the task is added, long before anything launches.
+- a **host task**: a Python callable over numpy arrays, for the CPU executors (and as the
+  reference a kernel task is compared with: a kernel spec may carry ``ref``).
+
+Buffers are bound only by an executor (``{"x": ndarray}`` on the CPU, ``{"x": Buffer}`` on
+the GPU), so one plan runs on every executor. ``validate()`` resolves names given to
+``precede``/``succeed`` and finds cycles; it raises :class:`~streamdag.errors.UnknownTaskError`
+and :class:`~streamdag.errors.TaskCycleError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamdag.errors import (
+    KernelArgumentError,
+    LaunchConfigError,
+    SchedulerError,
+    TaskCycleError,
+    UnknownTaskError,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Buf",
+    "DeviceLimits",
+    "KernelSpec",
+    "LaunchShape",
+    "Task",
+    "TaskGraph",
+    "TaskSpec",
+]
+
+#: C parameter type -> the numpy scalar type that packs to exactly that width.
+SCALAR_TYPES: dict[str, type[np.generic]] = {
+    "float": np.float32,
+    "double": np.float64,
+    "int": np.int32,
+    "int32_t": np.int32,
+    "unsigned": np.uint32,
+    "unsigned int": np.uint32,
+    "uint32_t": np.uint32,
+    "long long": np.int64,
+    "long long int": np.int64,
+    "int64_t": np.int64,
+    "unsigned long long": np.uint64,
+    "unsigned long long int": np.uint64,
+    "uint64_t": np.uint64,
+    "size_t": np.uint64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Buf:
+    """A buffer argument, by name; executors bind names to arrays or device buffers."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    """Launch limits; defaults are those of every GPU since Volta (sm_70 .. sm_90).
+
+    ``shmem_bytes`` is the dynamic shared memory a launch may use without opting in to
+    more through a function attribute (48 KiB), which streamdag does not do.
+    """
+
+    threads_per_block: int = 1024
+    block: tuple[int, int, int] = (1024, 1024, 64)
+    grid: tuple[int, int, int] = (2**31 - 1, 65535, 65535)
+    shmem_bytes: int = 48 * 1024
+
+
+DEFAULT_LIMITS = DeviceLimits()
+
+
+def _dims(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    dims = (value,) if isinstance(value, int | np.integer) else tuple(value)
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, int | np.integer) for d in dims):
+        raise LaunchConfigError(f"{what} must be 1 to 3 integers, got {value!r}")
+    full = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    return full  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchShape:
+    """Grid, block (each padded to 3 dims) and dynamic shared memory of one launch."""
+
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shmem_bytes: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        grid: int | Sequence[int],
+        block: int | Sequence[int],
+        shmem_bytes: int = 0,
+        *,
+        limits: DeviceLimits = DEFAULT_LIMITS,
+    ) -> LaunchShape:
+        """Build a shape and check it against ``limits``.
+
+        Raises:
+            LaunchConfigError: a dimension below 1 or past a limit.
+        """
+        shape = cls(_dims(grid, "grid"), _dims(block, "block"), int(shmem_bytes))
+        shape.check(limits)
+        return shape
+
+    def check(self, limits: DeviceLimits = DEFAULT_LIMITS) -> None:
+        """Raise :class:`LaunchConfigError` if this shape exceeds ``limits``."""
+        pairs = (("grid", self.grid, limits.grid), ("block", self.block, limits.block))
+        for what, dims, lim in pairs:
+            for axis, d, m in zip("xyz", dims, lim, strict=True):
+                if not 1 <= d <= m:
+                    raise LaunchConfigError(f"{what}.{axis} = {d} is outside 1..{m}")
+        threads = self.block[0] * self.block[1] * self.block[2]
+        if threads > limits.threads_per_block:
+            raise LaunchConfigError(
+                f"block {self.block} has {threads} threads, the limit is {limits.threads_per_block}"
+            )
+        if not 0 <= self.shmem_bytes <= limits.shmem_bytes:
+            raise LaunchConfigError(
+                f"dynamic shared memory {self.shmem_bytes} B is outside 0..{limits.shmem_bytes} B"
+            )
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """An ``extern "C"`` kernel: where it lives and its declared parameter types.
+
+    Args:
+        file: source file name in ``streamdag/kernels`` (e.g. ``"scheduler.cu"``).
+        name: the kernel's ``extern "C"`` name.
+        params: C parameter types in order, e.g. ``("float", "const float*", "unsigned int")``.
+        grouped: the file also defines ``<name>_grouped(const <name>_args* table,
+            unsigned int count)``, which runs task ``blockIdx.y`` of the table; such
+            kernels can be fused (see docs/scheduler.md, "Writing a fusable kernel").
+        ref: optional host reference over numpy arrays, same arguments; the CPU executors
+            run it in place of the kernel.
+    """
+
+    file: str
+    name: str
+    params: tuple[str, ...]
+    grouped: bool = False
+    ref: Callable[..., None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for p in self.params:
+            if not p.endswith("*") and p not in SCALAR_TYPES:
+                raise KernelArgumentError(
+                    f"kernel {self.name}: parameter type {p!r} is not supported "
+                    f"(pointers or one of {sorted(SCALAR_TYPES)})"
+                )
+
+    @classmethod
+    def from_source(
+        cls, file: str, name: str, *, ref: Callable[..., None] | None = None
+    ) -> KernelSpec:
+        """Read the parameter types (and whether a grouped variant exists) from the source."""
+        from streamdag.kernels import signatures
+
+        sigs = signatures(file)
+        if name not in sigs:
+            raise SchedulerError(f"{file} defines no extern \"C\" kernel {name!r}")
+        grouped = f"{name}_grouped" in sigs
+        return cls(file, name, sigs[name], grouped=grouped, ref=ref)
+
+    def check_args(self, args: tuple[Any, ...]) -> None:
+        """Raise :class:`KernelArgumentError` unless ``args`` pack exactly as declared."""
+        if len(args) != len(self.params):
+            raise KernelArgumentError(
+                f"kernel {self.name} takes {len(self.params)} arguments, got {len(args)}"
+            )
+        for i, (p, a) in enumerate(zip(self.params, args, strict=True)):
+            if p.endswith("*"):
+                if not isinstance(a, Buf):
+                    raise KernelArgumentError(
+                        f"kernel {self.name} argument {i} ({p}) must be a Buf, "
+                        f"got {type(a).__name__}"
+                    )
+            elif type(a) is not SCALAR_TYPES[p]:
+                raise KernelArgumentError(
+                    f"kernel {self.name} argument {i} ({p}) must be "
+                    f"np.{SCALAR_TYPES[p].__name__}, got {type(a).__name__} {a!r}"
+                )
+
+    def record_dtype(self) -> np.dtype[Any]:
+        """The numpy layout of one ``<name>_args`` table record (C struct, natural alignment)."""
+        fields = [
+            (f"p{i}", np.uint64 if p.endswith("*") else SCALAR_TYPES[p])
+            for i, p in enumerate(self.params)
+        ]
+        return np.dtype(fields, align=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task as planned: immutable, shared between a task graph and its plans."""
+
+    name: str
+    args: tuple[Any, ...]
+    kernel: KernelSpec | None = None
+    shape: LaunchShape | None = None
+    fn: Callable[..., None] | None = None
+    fuse_key: Any = None
+    cost: float = 1.0
+
+    @property
+    def is_kernel(self) -> bool:
+        return self.kernel is not None
+
+    def fusion_key(self) -> Any:
+        """Tasks with equal non-None keys may share one grouped launch."""
+        if self.kernel is not None:
+            if not self.kernel.grouped or self.shape is None or self.shape.grid[1:] != (1, 1):
+                return None
+            return ("kernel", self.kernel.file, self.kernel.name, self.shape)
+        return None if self.fuse_key is None else ("host", self.fuse_key)
+
+
+class Task:
+    """A handle on a task of a :class:`TaskGraph`, for wiring dependencies."""
+
+    __slots__ = ("_graph", "index", "name")
+
+    def __init__(self, graph: TaskGraph, index: int, name: str) -> None:
+        self._graph = graph
+        self.index = index
+        self.name = name
+
+    def precede(self, *others: Task | str) -> Task:
+        """Make each of ``others`` run after this task. Returns self."""
+        for o in others:
+            self._graph._add_edge(self, o)
+        return self
+
+    def succeed(self, *others: Task | str) -> Task:
+        """Make this task run after each of ``others``. Returns self."""
+        for o in others:
+            self._graph._add_edge(o, self)
+        return self
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self._graph.specs[self.index]
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r})"
+
+
+class TaskGraph:
+    """A DAG of named tasks.
+
+    Example:
+        >>> import numpy as np
+        >>> from streamdag.scheduler import TaskGraph, Buf
+        >>> tg = TaskGraph("demo")
+        >>> def inc(x): x += 1
+        >>> a = tg.host("a", inc, Buf("x"))
+        >>> b = tg.host("b", inc, Buf("x"))
+        >>> _ = a.precede(b)
+        >>> tg.validate()
+        [0, 1]
+    """
+
+    def __init__(self, name: str = "taskgraph") -> None:
+        self.name = name
+        self.specs: list[TaskSpec] = []
+        self._index: dict[str, int] = {}
+        self._succ: list[dict[int, None]] = []  # ordered sets
+        self._pending: list[tuple[Task | str, Task | str]] = []
+
+    # -- building ---------------------------------------------------------------------
+
+    def _add(self, spec: TaskSpec) -> Task:
+        if not isinstance(spec.name, str) or not spec.name:
+            raise SchedulerError(f"task names are non-empty strings, got {spec.name!r}")
+        if spec.name in self._index:
+            raise SchedulerError(f"task graph {self.name!r} already has a task {spec.name!r}")
+        idx = len(self.specs)
+        self.specs.append(spec)
+        self._index[spec.name] = idx
+        self._succ.append({})
+        return Task(self, idx, spec.name)
+
+    def launch(
+        self,
+        name: str,
+        kernel: KernelSpec,
+        *args: Any,
+        grid: int | Sequence[int],
+        block: int | Sequence[int],
+        shmem_bytes: int = 0,
+        cost: float = 1.0,
+        limits: DeviceLimits = DEFAULT_LIMITS,
+    ) -> Task:
+        """Add a kernel task.
+
+        Raises:
+            KernelArgumentError: an argument that does not match the kernel's declared types.
+            LaunchConfigError: a launch shape past ``limits``.
+        """
+        kernel.check_args(args)
+        shape = LaunchShape.of(grid, block, shmem_bytes, limits=limits)
+        return self._add(TaskSpec(name, tuple(args), kernel=kernel, shape=shape, cost=cost))
+
+    def host(
+        self,
+        name: str,
+        fn: Callable[..., None],
+        *args: Any,
+        fuse_key: Any = None,
+        cost: float = 1.0,
+    ) -> Task:
+        """Add a host task: ``fn(*args)`` with each :class:`Buf` replaced by its array.
+
+        Host tasks with the same non-None ``fuse_key`` may be fused into one launch that
+        runs the members one after another (they must be independent, which fusion ensures).
+        """
+        if not callable(fn):
+            raise SchedulerError(f"host task {name!r}: fn is not callable")
+        return self._add(TaskSpec(name, tuple(args), fn=fn, fuse_key=fuse_key, cost=cost))
+
+    def _add_edge(self, src: Task | str, dst: Task | str) -> None:
+        for t in (src, dst):
+            if isinstance(t, Task) and (t._graph is not self):
+                raise UnknownTaskError(f"task {t.name!r} belongs to another task graph")
+            if not isinstance(t, Task | str):
+                raise SchedulerError(f"a dependency is a Task or a task name, got {t!r}")
+        if isinstance(src, Task) and isinstance(dst, Task):
+            self._succ[src.index][dst.index] = None
+        else:
+            self._pending.append((src, dst))
+
+    def task(self, name: str) -> Task:
+        """The handle of task ``name``."""
+        try:
+            return Task(self, self._index[name], name)
+        except KeyError:
+            raise UnknownTaskError(f"task graph {self.name!r} has no task {name!r}") from None
+
+    # -- queries ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def successors(self, index: int) -> list[int]:
+        return list(self._succ[index])
+
+    def edges(self) -> list[tuple[int, int]]:
+        """All dependency edges as (task index, task index), after validate()."""
+        return [(u, v) for u, s in enumerate(self._succ) for v in s]
+
+    def validate(self) -> list[int]:
+        """Resolve named dependencies and check for cycles.
+
+        Returns:
+            A topological order of task indices (Kahn's algorithm, FIFO; deterministic).
+
+        Raises:
+            UnknownTaskError: a dependency names a task that does not exist.
+            TaskCycleError: the dependencies form a cycle (the message lists one).
+        """
+        while self._pending:
+            src, dst = self._pending[0]
+            s = src.index if isinstance(src, Task) else self.task(src).index
+            d = dst.index if isinstance(dst, Task) else self.task(dst).index
+            self._succ[s][d] = None
+            self._pending.pop(0)
+        n = len(self.specs)
+        indeg = [0] * n
+        for targets in self._succ:
+            for v in targets:
+                indeg[v] += 1
+        order = [i for i in range(n) if indeg[i] == 0]
+        succ = self._succ
+        head = 0
+        while head < len(order):  # Kahn, FIFO: deterministic, ties by insertion order
+            for v in succ[order[head]]:
+                indeg[v] -= 1
+                if indeg[v] == 0:
+                    order.append(v)
+            head += 1
+        if len(order) != n:
+            raise TaskCycleError(
+                f"task graph {self.name!r} has a cycle: {' -> '.join(self._find_cycle(indeg))}"
+            )
+        return order
+
+    def _find_cycle(self, indeg: list[int]) -> list[str]:
+        left = {i for i, d in enumerate(indeg) if d > 0}
+        pred: dict[int, int] = {}
+        for u in left:  # every node left has a predecessor left: walking them must loop
+            for v in self._succ[u]:
+                if v in left:
+                    pred.setdefault(v, u)
+        path: list[int] = [min(left)]
+        seen = {path[0]: 0}
+        while True:
+            nxt = pred[path[-1]]
+            if nxt in seen:
+                cyc = [nxt, *reversed(path[seen[nxt]:])]
+                return [self.specs[i].name for i in cyc]
+            seen[nxt] = len(path)
+            path.append(nxt)
+
+    def to_dot(self) -> str:
+        """The task graph in Graphviz DOT."""
+        lines = [f'digraph "{self.name}" {{', "  rankdir=LR;"]
+        for s in self.specs:
+            label = f"{s.name}\\n{s.kernel.name}" if s.kernel else s.name
+            lines.append(f'  "{s.name}" [label="{label}"];')
+        lines += [f'  "{self.specs[u].name}" -> "{self.specs[v].name}";' for u, v in self.edges()]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
