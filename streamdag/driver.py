@@ -1,0 +1,308 @@
+"""The one module through which streamdag talks to CUDA (cuda.core / cuda.bindings).
+
+Design note. Everything else in the package is pure Python + numpy and sees device objects
+only as opaque handles returned from here, so a cuda.core API change touches this file
+alone. ``cuda.core`` is imported lazily, inside functions: ``import streamdag.driver`` works
+on a machine with no GPU and no driver. NVRTC needs no GPU, so :func:`compile_cubin` works
+everywhere; anything that opens the device raises :class:`~streamdag.errors.BackendError`
+where there is none.
+
+Facts this module relies on (verified for cuda.core 1.2, see CUDA-CORE-NOTES.md): scalar
+kernel arguments must be numpy scalars of the parameter's width (a Python float is packed
+as a double); ``LaunchConfig`` is built by keyword; a graph does not keep its buffers alive
+(callers keep them); ``end_event - start_event`` is in milliseconds.
+
+API, by concern:
+
+- device: :class:`Gpu` (``Gpu(0)``: name, arch, limits, sync)
+- memory: ``Gpu.alloc``, ``Gpu.to_device``, ``Gpu.upload``, ``Gpu.download``, ``Gpu.fill``
+- streams/events: ``Gpu.stream``, ``Gpu.event``, :func:`record`, :func:`wait`,
+  :func:`elapsed_ms`
+- code: :func:`compile_cubin` (no GPU), ``Gpu.load_cubin``, ``Gpu.kernel``, :func:`launch`,
+  :func:`device_pointer`
+- graphs: :func:`graph_definition`, :func:`graph_kernel_node`, :func:`instantiate`,
+  :func:`graph_launch`, :func:`graph_update`
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streamdag.errors import BackendError, CompileError, DeviceMemoryError
+
+__all__ = [
+    "Gpu",
+    "compile_cubin",
+    "device_pointer",
+    "elapsed_ms",
+    "graph_definition",
+    "graph_kernel_node",
+    "graph_launch",
+    "graph_update",
+    "instantiate",
+    "launch",
+    "record",
+    "wait",
+]
+
+Handle = Any  # a cuda.core object (Stream, Event, Buffer, Kernel, Graph, ...): opaque outside
+
+
+def _core() -> Any:
+    try:
+        import cuda.core as core
+    except ImportError as exc:  # pragma: no cover - a dependency, normally installed
+        raise BackendError(f"cuda.core is not installed: {exc}") from exc
+    return core
+
+
+def compile_cubin(
+    source: str,
+    *,
+    arch: str,
+    name: str = "streamdag",
+    include_dirs: Sequence[str] = (),
+    std: str = "c++17",
+    defines: Sequence[str] = (),
+) -> bytes:
+    """Compile CUDA C++ to a cubin with NVRTC (no GPU needed).
+
+    Args:
+        source: the CUDA C++ text.
+        arch: e.g. ``"sm_90"`` (required: without it NVRTC asks the driver).
+        name: the program name NVRTC uses in its log.
+        include_dirs: directories searched by ``#include "..."``.
+        std: the C++ dialect.
+        defines: macros, ``"NAME"`` or ``"NAME=VALUE"``.
+
+    Raises:
+        CompileError: NVRTC rejected the source; ``.log`` holds NVRTC's log.
+    """
+    core = _core()
+    opts = core.ProgramOptions(
+        name=name,
+        arch=arch,
+        std=std,
+        include_path=list(include_dirs) or None,
+        define_macro=list(defines) or None,
+    )
+    try:
+        obj = core.Program(source, "c++", opts).compile("cubin")
+    except Exception as exc:
+        text = str(exc)
+        log = text.split("compilation log:", 1)[-1].strip() if "compilation log:" in text else text
+        raise CompileError(f"NVRTC failed on {name} for {arch}", log=log) from exc
+    return bytes(obj.code)
+
+
+class Gpu:
+    """A CUDA device, made current on the thread that opens it.
+
+    Args:
+        ordinal: device number.
+
+    Raises:
+        BackendError: no driver, no device, or cuda.core missing.
+    """
+
+    def __init__(self, ordinal: int = 0) -> None:
+        core = _core()
+        try:
+            self._dev = core.Device(ordinal)
+            self._dev.set_current()
+        except Exception as exc:  # DynamicLibNotFoundError, CUDAError: both mean "not here"
+            raise BackendError(f"cannot open CUDA device {ordinal}: {exc}") from exc
+        self._core = core
+        self._modules: dict[bytes, Handle] = {}
+        self._lock = threading.Lock()
+        self.ordinal = ordinal
+        self.name: str = self._dev.name
+        self.arch: str = f"sm_{self._dev.arch}"
+        self._default = self.stream()
+
+    def make_current(self) -> None:
+        """Make this device current on the calling thread (each thread must, once)."""
+        self._dev.set_current()
+
+    def limits(self) -> Any:
+        """The device's launch limits as a :class:`~streamdag.scheduler.DeviceLimits`."""
+        from streamdag.scheduler.taskgraph import DeviceLimits
+
+        p = self._dev.properties
+        return DeviceLimits(
+            threads_per_block=p.max_threads_per_block,
+            block=(p.max_block_dim_x, p.max_block_dim_y, p.max_block_dim_z),
+            grid=(p.max_grid_dim_x, p.max_grid_dim_y, p.max_grid_dim_z),
+            shmem_bytes=p.max_shared_memory_per_block,
+        )
+
+    def sync(self) -> None:
+        """Wait for all work on the device."""
+        self._dev.sync()
+
+    # -- streams and events -----------------------------------------------------------
+
+    def stream(self, *, nonblocking: bool = True, priority: int | None = None) -> Handle:
+        """A new stream (non-blocking with respect to the legacy default stream)."""
+        opts = self._core.StreamOptions(nonblocking=nonblocking, priority=priority)
+        return self._dev.create_stream(options=opts)
+
+    def event(self, *, timing: bool = False) -> Handle:
+        """A new event; ``timing=True`` to measure with :func:`elapsed_ms`."""
+        return self._dev.create_event(options=self._core.EventOptions(timing_enabled=timing))
+
+    # -- memory -----------------------------------------------------------------------
+
+    def alloc(self, nbytes: int, *, stream: Handle | None = None) -> Handle:
+        """Device memory of ``nbytes`` (uninitialised), stream-ordered on ``stream``.
+
+        Raises:
+            DeviceMemoryError: the device cannot hold it.
+        """
+        try:
+            return self._dev.allocate(int(nbytes), stream=stream or self._default)
+        except Exception as exc:
+            if "OUT_OF_MEMORY" in str(exc):
+                raise DeviceMemoryError(f"cannot allocate {nbytes} B on {self.name}") from exc
+            raise BackendError(f"allocation of {nbytes} B failed: {exc}") from exc
+
+    def _staging(self, nbytes: int) -> tuple[Handle, np.ndarray]:
+        buf = self._core.LegacyPinnedMemoryResource().allocate(nbytes)
+        return buf, np.from_dlpack(buf).view(np.uint8)
+
+    def upload(self, dst: Handle, array: np.ndarray, *, stream: Handle | None = None) -> None:
+        """Copy ``array`` into device buffer ``dst`` (same size in bytes); returns when done."""
+        src = np.ascontiguousarray(array)
+        if src.nbytes != dst.size:
+            raise BackendError(f"upload of {src.nbytes} B into a buffer of {dst.size} B")
+        s = stream or self._default
+        pinned, view = self._staging(src.nbytes)
+        view[:] = src.reshape(-1).view(np.uint8)
+        dst.copy_from(pinned, stream=s)
+        s.sync()
+
+    def to_device(self, array: np.ndarray, *, stream: Handle | None = None) -> Handle:
+        """A new device buffer holding a copy of ``array``."""
+        buf = self.alloc(max(array.nbytes, 1), stream=stream)
+        if array.nbytes:
+            self.upload(buf, array, stream=stream)
+        return buf
+
+    def download(self, src: Handle, out: np.ndarray, *, stream: Handle | None = None) -> np.ndarray:
+        """Copy device buffer ``src`` into ``out`` (same size in bytes) and return ``out``."""
+        if out.nbytes != src.size or not out.flags.c_contiguous:
+            raise BackendError(f"download of {src.size} B into {out.nbytes} B (or non-contiguous)")
+        s = stream or self._default
+        pinned, view = self._staging(src.size)
+        src.copy_to(pinned, stream=s)
+        s.sync()
+        out.reshape(-1).view(np.uint8)[:] = view
+        return out
+
+    def fill(self, buf: Handle, byte: int = 0, *, stream: Handle | None = None) -> None:
+        """Set every byte of ``buf`` to ``byte`` (stream-ordered)."""
+        buf.fill(np.uint8(byte), stream=stream or self._default)
+
+    # -- code ---------------------------------------------------------------------------
+
+    def load_cubin(self, cubin: bytes) -> Handle:
+        """Load a cubin (once per content) and return its module (ObjectCode)."""
+        with self._lock:
+            mod = self._modules.get(cubin)
+            if mod is None:
+                mod = self._modules[cubin] = self._core.ObjectCode.from_cubin(cubin)
+            return mod
+
+    def kernel(self, module: Handle, name: str) -> Handle:
+        """The ``extern "C"`` kernel ``name`` of a loaded module."""
+        try:
+            return module.get_kernel(name)
+        except Exception as exc:
+            raise BackendError(f"no kernel {name!r} in module: {exc}") from exc
+
+
+def device_pointer(buf: Handle) -> int:
+    """The device address of a Buffer, as an int (for index tables of grouped launches)."""
+    return int(buf.handle)
+
+
+def _config(grid: Sequence[int], block: Sequence[int], shmem_bytes: int) -> Handle:
+    return _core().LaunchConfig(grid=tuple(grid), block=tuple(block), shmem_size=shmem_bytes)
+
+
+def launch(
+    stream: Handle,
+    kernel: Handle,
+    grid: Sequence[int],
+    block: Sequence[int],
+    shmem_bytes: int,
+    args: Sequence[Any],
+) -> None:
+    """Launch ``kernel`` on ``stream``; ``args`` are Buffers and numpy scalars only."""
+    _core().launch(stream, _config(grid, block, shmem_bytes), kernel, *args)
+
+
+def record(stream: Handle, event: Handle) -> None:
+    """Record ``event`` on ``stream`` (re-recording an existing event)."""
+    stream.record(event)
+
+
+def wait(stream: Handle, event: Handle) -> None:
+    """Make ``stream`` wait for ``event``."""
+    stream.wait(event)
+
+
+def elapsed_ms(start: Handle, end: Handle) -> float:
+    """Milliseconds between two recorded timing events (synchronises on ``end``)."""
+    end.sync()
+    return float(end - start)
+
+
+def graph_definition() -> Handle:
+    """An empty explicit graph (cuda.core ``GraphDefinition``)."""
+    from cuda.core.graph import GraphDefinition
+
+    return GraphDefinition()
+
+
+def graph_kernel_node(
+    graph: Handle,
+    deps: Sequence[Handle],
+    kernel: Handle,
+    grid: Sequence[int],
+    block: Sequence[int],
+    shmem_bytes: int,
+    args: Sequence[Any],
+) -> Handle:
+    """Add a kernel node that depends on ``deps`` (none: a root) and return it."""
+    cfg = _config(grid, block, shmem_bytes)
+    if not deps:
+        return graph.launch(cfg, kernel, *args)
+    parent = deps[0] if len(deps) == 1 else graph.join(*deps)
+    return parent.launch(cfg, kernel, *args)
+
+
+def instantiate(graph: Handle) -> Handle:
+    """Instantiate a graph definition into an executable graph."""
+    return graph.instantiate()
+
+
+def graph_launch(exe: Handle, stream: Handle) -> None:
+    """Replay an executable graph on ``stream``."""
+    exe.launch(stream)
+
+
+def graph_update(exe: Handle, graph: Handle) -> None:
+    """Update ``exe`` in place from a definition of the same topology (new arguments).
+
+    Raises:
+        BackendError: the topology differs, or the driver refused the update.
+    """
+    try:
+        exe.update(graph)
+    except Exception as exc:
+        raise BackendError(f"graph update refused: {exc}") from exc

@@ -1,0 +1,255 @@
+"""The CUDA executor: a plan on cuda.core streams and events, or as one CUDA graph.
+
+Design note. Binding (``CudaExecutor(plan, buffers)``) does every check and allocation up
+front: launch shapes against the device's limits, buffer names, kernels compiled and
+loaded, one stream per plan stream, one event per plan event, and for each fused launch an
+index table (one ``<kernel>_args`` record per member, see ``kernels/grouped.cuh``) on the
+device. A run then only issues work.
+
+- ``mode="streams"``: launches are issued in plan order from this thread; before a launch
+  its stream waits on the plan's events, after it records its event if any. Every run
+  starts behind the previous one (streams wait on stream 0's start) and joins back into
+  stream 0, so runs may be queued back to back.
+- ``mode="graph"``: the plan becomes a ``GraphDefinition`` (one kernel node per launch,
+  edges from the launch DAG) instantiated once; a run replays it on stream 0.
+  :meth:`CudaExecutor.update_args` rebuilds the definition with the new arguments and
+  updates the executable graph in place (``Graph.update``); ``instantiations`` stays 1.
+
+Observer records come from timing events recorded around each launch (streams mode) or
+around the whole replay (graph mode: one record, task ``"<graph>"``), read after the sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from streamdag import driver, kernels
+from streamdag.errors import ConfigError, SchedulerError
+from streamdag.scheduler.plan import Plan
+from streamdag.scheduler.records import Observer, TaskRecord
+from streamdag.scheduler.taskgraph import Buf, KernelSpec, TaskSpec
+
+__all__ = ["CudaExecutor"]
+
+Mode = Literal["streams", "graph"]
+
+
+class CudaExecutor:
+    """Runs one plan on a GPU.
+
+    Args:
+        plan: the plan (kernel tasks only).
+        buffers: buffer name -> device buffer (from :class:`~streamdag.driver.Gpu`).
+        gpu: the device; opened (device 0) if not given.
+        mode: ``"streams"`` or ``"graph"``.
+        observer: receives each run's records after the run.
+        cache_dir: kernel cache directory (default: the user cache).
+
+    Raises:
+        LaunchConfigError: a launch past this device's limits.
+        SchedulerError: a host task, or a buffer name with nothing bound.
+        BackendError: no GPU.
+        CompileError: a kernel that does not compile.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        buffers: Mapping[str, Any],
+        *,
+        gpu: driver.Gpu | None = None,
+        mode: Mode = "streams",
+        observer: Observer | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if mode not in ("streams", "graph"):
+            raise ConfigError(f"mode must be 'streams' or 'graph', got {mode!r}")
+        self.plan = plan
+        self.mode = mode
+        self.observer = observer
+        self.gpu = gpu or driver.Gpu(0)
+        self.instantiations = 0
+        self.updates = 0
+        self._buffers = dict(buffers)
+        self._args: list[tuple[Any, ...]] = [spec.args for spec in plan.tasks]
+        limits = self.gpu.limits()
+        for spec in plan.tasks:
+            if spec.kernel is None or spec.shape is None:
+                raise SchedulerError(f"task {spec.name!r} is a host task: the cuda executor "
+                                     "runs kernel tasks only")
+            spec.shape.check(limits)
+            self._pack(spec, spec.args)  # every buffer bound
+        self._modules: dict[str, Any] = {}
+        self._kernels: dict[tuple[str, str], Any] = {}
+        self._tables: dict[int, tuple[Any, np.ndarray]] = {}
+        self._launch_args: list[tuple[Any, tuple[int, ...], tuple[int, ...], int,
+                                      tuple[Any, ...]]] = []
+        self._cache_dir = cache_dir
+        for lau in plan.launches:
+            self._launch_args.append(self._prepare(lau.id))
+        self._streams = [self.gpu.stream() for _ in range(max(plan.num_streams, 1))]
+        self._events = [self.gpu.event() for _ in plan.events]
+        self._join = [self.gpu.event() for _ in self._streams]
+        self._graph_def: Any = None
+        self._graph: Any = None
+        if mode == "graph":
+            self._graph_def = self._definition()
+            self._graph = driver.instantiate(self._graph_def)
+            self._graph.upload(self._streams[0])
+            self.instantiations = 1
+
+    # -- binding ----------------------------------------------------------------------
+
+    def _kernel(self, file: str, name: str) -> Any:
+        k = self._kernels.get((file, name))
+        if k is None:
+            mod = self._modules.get(file)
+            if mod is None:
+                mod = self._modules[file] = kernels.load(file, self.gpu, cache_dir=self._cache_dir)
+            k = self._kernels[(file, name)] = self.gpu.kernel(mod, name)
+        return k
+
+    def _pack(self, spec: TaskSpec, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = []
+        for a in args:
+            if isinstance(a, Buf):
+                try:
+                    a = self._buffers[a.name]
+                except KeyError:
+                    raise SchedulerError(
+                        f"task {spec.name!r}: no device buffer bound to {a.name!r}") from None
+            out.append(a)
+        return tuple(out)
+
+    def _table(self, kernel: KernelSpec, tasks: tuple[int, ...]) -> np.ndarray:
+        rec = np.zeros(len(tasks), kernel.record_dtype())
+        for row, t in enumerate(tasks):
+            spec = self.plan.tasks[t]
+            for i, a in enumerate(self._pack(spec, self._args[t])):
+                is_ptr = kernel.params[i].endswith("*")
+                rec[f"p{i}"][row] = driver.device_pointer(a) if is_ptr else a
+        return rec
+
+    def _prepare(self, li: int) -> tuple[Any, tuple[int, ...], tuple[int, ...], int,
+                                         tuple[Any, ...]]:
+        lau = self.plan.launches[li]
+        first = self.plan.tasks[lau.tasks[0]]
+        assert first.kernel is not None and first.shape is not None
+        shape, kernel = first.shape, first.kernel
+        if not lau.fused:
+            return (self._kernel(kernel.file, kernel.name), shape.grid, shape.block,
+                    shape.shmem_bytes, self._pack(first, self._args[lau.tasks[0]]))
+        rec = self._table(kernel, lau.tasks)
+        table = self._tables[li][0] if li in self._tables else self.gpu.alloc(rec.nbytes)
+        self.gpu.upload(table, rec)
+        self._tables[li] = (table, rec)
+        grid = (shape.grid[0], len(lau.tasks), 1)
+        return (self._kernel(kernel.file, f"{kernel.name}_grouped"), grid, shape.block,
+                shape.shmem_bytes, (table, np.uint32(len(lau.tasks))))
+
+    def _definition(self) -> Any:
+        gd = driver.graph_definition()
+        nodes: list[Any] = []
+        for lau, (k, grid, block, shmem, args) in zip(self.plan.launches, self._launch_args,
+                                                     strict=True):
+            deps = [nodes[p] for p in lau.preds]
+            nodes.append(driver.graph_kernel_node(gd, deps, k, grid, block, shmem, args))
+        return gd
+
+    # -- running ----------------------------------------------------------------------
+
+    def run(self, *, sync: bool = True) -> None:
+        """Run the plan once (``sync=False``: queue it and return; runs stay ordered)."""
+        observe = self.observer is not None and sync
+        s0 = self._streams[0]
+        if self.mode == "graph":
+            if observe:
+                t0, t1 = self.gpu.event(timing=True), self.gpu.event(timing=True)
+                driver.record(s0, t0)
+            driver.graph_launch(self._graph, s0)
+            if observe:
+                driver.record(s0, t1)
+            if sync:
+                s0.sync()
+            if observe and self.observer is not None:
+                self.observer.on_run([TaskRecord("cuda-graph", -1, ("<graph>",), 0, 0.0,
+                                                 driver.elapsed_ms(t0, t1) * 1e3, ())])
+            return
+        streams, events = self._streams, self._events
+        driver.record(s0, self._join[0])
+        for s in streams[1:]:
+            driver.wait(s, self._join[0])
+        stamps: list[tuple[Any, Any]] = []
+        if observe:
+            origin = self.gpu.event(timing=True)
+            driver.record(s0, origin)
+        launch = driver.launch
+        for lau, (k, grid, block, shmem, args) in zip(self.plan.launches, self._launch_args,
+                                                     strict=True):
+            s = streams[lau.stream]
+            for e in lau.waits:
+                s.wait(events[e])
+            if observe:
+                a, b = self.gpu.event(timing=True), self.gpu.event(timing=True)
+                driver.record(s, a)
+            launch(s, k, grid, block, shmem, args)
+            if observe:
+                driver.record(s, b)
+                stamps.append((a, b))
+            if lau.record >= 0:
+                s.record(events[lau.record])
+        for i, s in enumerate(streams[1:], start=1):
+            driver.record(s, self._join[i])
+            driver.wait(s0, self._join[i])
+        if sync:
+            s0.sync()
+        if observe and self.observer is not None:
+            self.observer.on_run([
+                TaskRecord("cuda-streams", lau.id,
+                           tuple(self.plan.tasks[t].name for t in lau.tasks), lau.stream,
+                           driver.elapsed_ms(origin, a) * 1e3, driver.elapsed_ms(a, b) * 1e3,
+                           lau.waits)
+                for lau, (a, b) in zip(self.plan.launches, stamps, strict=True)
+            ])
+
+    def sync(self) -> None:
+        """Wait until every queued run has finished."""
+        self._streams[0].sync()
+
+    def update_args(self, updates: Mapping[str, tuple[Any, ...]]) -> None:
+        """Change the arguments of tasks (by name); shapes and dependencies stay.
+
+        In graph mode the executable graph is updated in place, not re-instantiated.
+
+        Raises:
+            UnknownTaskError: a name not in the plan.
+            KernelArgumentError: arguments that do not match the kernel's declaration.
+            SchedulerError: a buffer name with nothing bound.
+        """
+        from streamdag.errors import UnknownTaskError
+
+        index = {spec.name: i for i, spec in enumerate(self.plan.tasks)}
+        touched: set[int] = set()
+        where = self.plan.task_launch()
+        staged = dict(enumerate(self._args))
+        for name, args in updates.items():
+            if name not in index:
+                raise UnknownTaskError(f"plan {self.plan.name!r} has no task {name!r}")
+            t = index[name]
+            spec = self.plan.tasks[t]
+            assert spec.kernel is not None
+            spec.kernel.check_args(tuple(args))
+            self._pack(spec, tuple(args))
+            staged[t] = tuple(args)
+            touched.add(where[t])
+        self.sync()
+        self._args = [staged[i] for i in range(len(self._args))]
+        for li in sorted(touched):
+            self._launch_args[li] = self._prepare(li)
+        if self.mode == "graph" and touched:
+            self._graph_def = self._definition()
+            driver.graph_update(self._graph, self._graph_def)
+            self.updates += 1
