@@ -1,0 +1,55 @@
+"""Training backends: ``reference`` (numpy, serial) and, where a GPU is usable, ``cuda``.
+
+:func:`get_backend` picks one by name; ``"auto"`` takes ``cuda`` when it can run here and
+falls back to ``reference`` otherwise. :func:`backend_status` says why a backend cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BackendError, ConfigError
+from .base import Backend, GroupStats, StepResult
+from .reference import ReferenceBackend
+
+__all__ = ["Backend", "GroupStats", "ReferenceBackend", "StepResult", "backend_status",
+           "get_backend"]
+
+BACKENDS = ("reference", "cuda")
+
+
+def _cuda_unavailable_reason() -> str | None:
+    try:
+        module = importlib.import_module("streamdag.backends.cuda")
+    except ModuleNotFoundError as exc:
+        if exc.name == "streamdag.backends.cuda":
+            return "the cuda training backend is not part of this streamdag version yet"
+        return f"missing package {exc.name}"
+    reason: str | None = module.unavailable_reason()
+    return reason
+
+
+def backend_status() -> dict[str, str | None]:
+    """``{name: None if it can run here, else why not}``."""
+    return {"reference": None, "cuda": _cuda_unavailable_reason()}
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """A backend by name: ``"auto"``, ``"reference"`` or ``"cuda"``.
+
+    Raises:
+        BackendError: ``cuda`` was asked for and cannot run here (the message says why).
+        ConfigError: an unknown name.
+    """
+    if name == "reference":
+        return ReferenceBackend()
+    if name in ("cuda", "auto"):
+        reason = _cuda_unavailable_reason()
+        if reason is None:
+            module = importlib.import_module("streamdag.backends.cuda")
+            backend: Backend = module.CudaBackend()
+            return backend
+        if name == "cuda":
+            raise BackendError(f"the cuda backend cannot run here: {reason}")
+        return ReferenceBackend()
+    raise ConfigError(f"unknown backend {name!r}: use auto, {', '.join(BACKENDS)}")

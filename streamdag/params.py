@@ -1,0 +1,414 @@
+"""Parameters and optimizer state of every group, in flat arenas.
+
+Design note
+-----------
+One arena per tensor kind: ``weight`` and ``weight_mom`` (SGD momentum) share one layout,
+``bias`` and ``bias_mom`` another. A group (or the output) owns a :class:`Slot`: an offset
+into each layout plus its shape; ``W_g`` is the row-major ``(width, fan_in)`` block at
+``weight[w_off : w_off + rows*cols]``. A GPU backend mirrors the arenas one-to-one and keeps
+the slot table as its index table.
+
+Allocation is a bump pointer; freeing leaves a hole. When an arena is full it grows
+geometrically (×2), compacting live slots when at least half of it is holes — so most
+mutations allocate nothing. A compaction moves slots: :attr:`ParamStore.layout_version`
+counts them so a mirror knows to re-sync.
+
+Mutations never write into a live slot: a group whose weights change (a successor of a
+width-duplicated group gets more columns) gets a *fresh* slot, and the old one is freed when
+the batch commits. That makes a batch transactional at the cost of a copy:
+:meth:`begin` snapshots the slot table, :meth:`rollback` restores it, :meth:`commit` frees
+what the batch released. Every change inside a batch is also recorded as a :class:`ParamOp`
+so a device mirror can replay the batch without the parameters leaving the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError, InvariantError, UnknownGroupError
+from .graph import INPUT, OUTPUT, NetworkGraph, node_name
+
+__all__ = ["ParamOp", "ParamStore", "Slot"]
+
+_MIN_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a node's parameters live: ``rows × cols`` weights at ``w_off``, bias at ``b_off``."""
+
+    w_off: int
+    b_off: int
+    rows: int
+    cols: int
+
+    @property
+    def w_size(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class ParamOp:
+    """One recorded change to the arenas, in the order applied.
+
+    Kinds and fields:
+        ``alloc``: ``dst`` gets a zeroed slot of ``rows × cols`` (weights, bias, momenta).
+        ``free``: ``dst``'s slot is released at commit.
+        ``copy_cols``: ``W[dst][:, dst_col:dst_col+ncols] = scale * W[src][:, src_col:…]``,
+            and the same for the weight momentum.
+        ``copy_bias``: ``b[dst] = b[src]`` and the same for the bias momentum.
+        ``identity``: ``W[dst] = I``.
+        ``set``: ``W[dst] = values[0]``, ``b[dst] = values[1]`` (host-provided values).
+        ``add_weights``: ``W[dst] += values[0]`` (host-provided noise).
+    """
+
+    kind: str
+    dst: int
+    src: int | None = None
+    rows: int = 0
+    cols: int = 0
+    dst_col: int = 0
+    src_col: int = 0
+    ncols: int = 0
+    scale: float = 1.0
+    values: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+
+
+class ParamStore:
+    """Weights, biases and their SGD momenta for every group and the output.
+
+    Args:
+        dtype: ``np.float32`` (training) or ``np.float64`` (gradient checks).
+        capacity: initial number of weight elements (bias capacity scales with it).
+
+    Example:
+        >>> import numpy as np
+        >>> from streamdag.graph import NetworkGraph
+        >>> g = NetworkGraph.chain(n_inputs=4, n_classes=3, widths=[8])
+        >>> p = ParamStore.initialize(g, np.random.default_rng(0))
+        >>> p.weight(0).shape, p.weight(-2).shape
+        ((8, 4), (3, 8))
+    """
+
+    def __init__(self, *, dtype: Any = np.float32, capacity: int = _MIN_CAPACITY) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"ParamStore dtype must be float32 or float64, got {self.dtype}")
+        cap = max(int(capacity), _MIN_CAPACITY)
+        self._w = np.zeros(cap, self.dtype)
+        self._vw = np.zeros(cap, self.dtype)
+        self._b = np.zeros(max(cap // 8, 64), self.dtype)
+        self._vb = np.zeros_like(self._b)
+        self._slots: dict[int, Slot] = {}
+        self._w_top = 0
+        self._b_top = 0
+        self.layout_version = 0
+        self._txn: _Txn | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def initialize(
+        cls, graph: NetworkGraph, rng: np.random.Generator, *, dtype: Any = np.float32
+    ) -> ParamStore:
+        """Fresh parameters for every node of ``graph``: He-normal weights, zero biases.
+
+        The output layer (no ReLU) uses ``std = sqrt(1 / fan_in)``; momenta start at zero.
+        """
+        p = cls(dtype=dtype, capacity=2 * sum(graph.fan_in(n) * graph.width(n)
+                                              for n in [*graph.group_ids(), OUTPUT]))
+        for node in [*graph.topological_order(), OUTPUT]:
+            p.init_random(node, graph.width(node), graph.fan_in(node), rng, relu=node != OUTPUT)
+        return p
+
+    def init_random(
+        self, node: int, rows: int, cols: int, rng: np.random.Generator, *, relu: bool = True
+    ) -> None:
+        """Allocate ``node`` and fill it with He-normal (or LeCun for ``relu=False``) weights."""
+        std = np.sqrt((2.0 if relu else 1.0) / cols)
+        w = rng.standard_normal((rows, cols)) * std
+        self.allocate(node, rows, cols)
+        self.set_values(node, w, np.zeros(rows))
+
+    # ------------------------------------------------------------------ reading
+    def __contains__(self, node: object) -> bool:
+        return node in self._slots
+
+    def nodes(self) -> list[int]:
+        """Nodes that own a slot (groups and the output)."""
+        return sorted(self._slots)
+
+    def slot(self, node: int) -> Slot:
+        try:
+            return self._slots[node]
+        except KeyError:
+            raise UnknownGroupError(f"no parameters for {node_name(node)}") from None
+
+    def weight(self, node: int) -> np.ndarray:
+        """``W`` of ``node``: a writable ``(width, fan_in)`` view into the arena."""
+        s = self.slot(node)
+        return self._w[s.w_off : s.w_off + s.w_size].reshape(s.rows, s.cols)
+
+    def bias(self, node: int) -> np.ndarray:
+        s = self.slot(node)
+        return self._b[s.b_off : s.b_off + s.rows]
+
+    def weight_momentum(self, node: int) -> np.ndarray:
+        s = self.slot(node)
+        return self._vw[s.w_off : s.w_off + s.w_size].reshape(s.rows, s.cols)
+
+    def bias_momentum(self, node: int) -> np.ndarray:
+        s = self.slot(node)
+        return self._vb[s.b_off : s.b_off + s.rows]
+
+    def arenas(self) -> dict[str, np.ndarray]:
+        """The four arenas (the live region and spare capacity), by kind."""
+        return {"weight": self._w, "weight_mom": self._vw, "bias": self._b, "bias_mom": self._vb}
+
+    def nbytes(self) -> dict[str, int]:
+        """``{"capacity": …, "live": …}`` bytes over all four arenas."""
+        live_w = sum(s.w_size for s in self._slots.values())
+        live_b = sum(s.rows for s in self._slots.values())
+        item = self.dtype.itemsize
+        return {
+            "capacity": 2 * item * (self._w.size + self._b.size),
+            "live": 2 * item * (live_w + live_b),
+        }
+
+    def n_parameters(self) -> int:
+        """Trainable scalars (weights + biases), momenta not counted."""
+        return sum(s.w_size + s.rows for s in self._slots.values())
+
+    def validate(self, graph: NetworkGraph) -> None:
+        """Every group and the output own a slot whose shape matches width × fan-in."""
+        expected = {*graph.group_ids(), OUTPUT}
+        if set(self._slots) != expected:
+            extra = sorted(set(self._slots) - expected)
+            missing = sorted(expected - set(self._slots))
+            raise InvariantError(f"parameters out of step with the graph: extra {extra}, "
+                                 f"missing {missing}")
+        for node in expected:
+            s = self._slots[node]
+            want = (graph.width(node), graph.fan_in(node))
+            if (s.rows, s.cols) != want:
+                raise InvariantError(
+                    f"{node_name(node)}: weight shape {(s.rows, s.cols)} but the graph says {want}"
+                )
+
+    # ------------------------------------------------------------------ changing
+    def allocate(self, node: int, rows: int, cols: int) -> Slot:
+        """Give ``node`` a fresh zeroed slot (replacing any slot it had, freed at commit)."""
+        if node == INPUT:
+            raise ValueError("the input has no parameters")
+        w_size = rows * cols
+        self._reserve(w_size, rows)
+        slot = Slot(self._w_top, self._b_top, rows, cols)
+        for arena, off, n in ((self._w, slot.w_off, w_size), (self._vw, slot.w_off, w_size),
+                              (self._b, slot.b_off, rows), (self._vb, slot.b_off, rows)):
+            arena[off : off + n] = 0
+        self._w_top += w_size
+        self._b_top += rows
+        self._slots[node] = slot
+        self._record(ParamOp("alloc", node, rows=rows, cols=cols))
+        return slot
+
+    def release(self, node: int) -> None:
+        """Drop ``node``'s slot; its memory becomes a hole (reused after a compaction)."""
+        self.slot(node)
+        del self._slots[node]
+        self._record(ParamOp("free", node))
+
+    def copy_columns(
+        self, dst: int, dst_col: int, src_slot: Slot, src_col: int, ncols: int,
+        *, scale: float = 1.0, src: int | None = None,
+    ) -> None:
+        """``W[dst][:, dst_col:+n] = scale * W(src_slot)[:, src_col:+n]``, and for momentum.
+
+        ``src_slot`` may be a slot already replaced inside this batch (its memory stays
+        untouched until commit); ``src`` names its node for the op log.
+        """
+        d = self.slot(dst)
+        if ncols == 0:
+            return
+        if d.rows != src_slot.rows:
+            raise InvariantError(f"copy_columns: {d.rows} rows into {src_slot.rows}")
+        for arena in (self._w, self._vw):
+            dv = arena[d.w_off : d.w_off + d.w_size].reshape(d.rows, d.cols)
+            sv = arena[src_slot.w_off : src_slot.w_off + src_slot.w_size].reshape(
+                src_slot.rows, src_slot.cols)
+            dv[:, dst_col : dst_col + ncols] = sv[:, src_col : src_col + ncols] * scale
+        self._record(ParamOp("copy_cols", dst, src=src, dst_col=dst_col, src_col=src_col,
+                             ncols=ncols, scale=scale, rows=d.rows))
+
+    def copy_bias(self, dst: int, src_slot: Slot, *, src: int | None = None) -> None:
+        """``b[dst] = b(src_slot)``, and the same for the bias momentum."""
+        d = self.slot(dst)
+        for arena in (self._b, self._vb):
+            arena[d.b_off : d.b_off + d.rows] = arena[src_slot.b_off : src_slot.b_off + d.rows]
+        self._record(ParamOp("copy_bias", dst, src=src, rows=d.rows))
+
+    def set_identity(self, node: int) -> None:
+        """``W[node] = I`` (square slots only)."""
+        w = self.weight(node)
+        if w.shape[0] != w.shape[1]:
+            raise InvariantError(f"{node_name(node)}: identity needs a square slot, {w.shape}")
+        w[...] = np.eye(w.shape[0], dtype=self.dtype)
+        self._record(ParamOp("identity", node, rows=w.shape[0], cols=w.shape[1]))
+
+    def set_values(self, node: int, w: np.ndarray, b: np.ndarray) -> None:
+        """Overwrite ``node``'s weights and bias with host values (momenta untouched)."""
+        self.weight(node)[...] = w
+        self.bias(node)[...] = b
+        self._record(ParamOp("set", node, values=(self.weight(node).copy(),
+                                                  self.bias(node).copy())))
+
+    def add_to_weights(self, node: int, delta: np.ndarray) -> None:
+        """``W[node] += delta`` (symmetry-breaking noise)."""
+        self.weight(node)[...] += delta
+        self._record(ParamOp("add_weights", node, values=(np.asarray(delta, self.dtype),)))
+
+    # ------------------------------------------------------------------ transactions
+    def begin(self) -> None:
+        """Start a batch: until :meth:`commit` or :meth:`rollback`, no memory is reused."""
+        if self._txn is not None:
+            raise RuntimeError("a parameter batch is already open")
+        self._txn = _Txn(dict(self._slots), self._w_top, self._b_top, self.layout_version)
+
+    def commit(self) -> list[ParamOp]:
+        """End the batch; returns the ops it recorded, in order."""
+        txn = self._require_txn()
+        self._txn = None
+        return txn.ops
+
+    def rollback(self) -> None:
+        """Undo the batch: the slot table, and so every live value, is as at :meth:`begin`."""
+        txn = self._require_txn()
+        self._slots, self._w_top, self._b_top = txn.slots, txn.w_top, txn.b_top
+        self._txn = None
+
+    def _require_txn(self) -> _Txn:
+        if self._txn is None:
+            raise RuntimeError("no parameter batch is open")
+        return self._txn
+
+    def _record(self, op: ParamOp) -> None:
+        if self._txn is not None:
+            self._txn.ops.append(op)
+
+    # ------------------------------------------------------------------ capacity
+    def _reserve(self, w_size: int, b_size: int) -> None:
+        if self._w_top + w_size <= self._w.size and self._b_top + b_size <= self._b.size:
+            return
+        live_w = sum(s.w_size for s in self._slots.values())
+        live_b = sum(s.rows for s in self._slots.values())
+        if self._txn is None and 2 * live_w <= self._w_top and 2 * live_b <= self._b_top:
+            self._compact(max(self._w.size, 2 * (live_w + w_size)),
+                          max(self._b.size, 2 * (live_b + b_size)))
+        else:
+            # Inside a batch offsets must stay put (rollback restores the old table): grow only.
+            self._grow(max(2 * self._w.size, self._w_top + w_size),
+                       max(2 * self._b.size, self._b_top + b_size))
+
+    def _grow(self, w_cap: int, b_cap: int) -> None:
+        def bigger(a: np.ndarray, cap: int) -> np.ndarray:
+            out = np.zeros(cap, self.dtype)
+            out[: a.size] = a
+            return out
+
+        self._w, self._vw = bigger(self._w, w_cap), bigger(self._vw, w_cap)
+        self._b, self._vb = bigger(self._b, b_cap), bigger(self._vb, b_cap)
+        self.layout_version += 1
+
+    def _compact(self, w_cap: int, b_cap: int) -> None:
+        w, vw = np.zeros(w_cap, self.dtype), np.zeros(w_cap, self.dtype)
+        b, vb = np.zeros(b_cap, self.dtype), np.zeros(b_cap, self.dtype)
+        wt = bt = 0
+        for node in sorted(self._slots, key=lambda n: self._slots[n].w_off):
+            s = self._slots[node]
+            w[wt : wt + s.w_size] = self._w[s.w_off : s.w_off + s.w_size]
+            vw[wt : wt + s.w_size] = self._vw[s.w_off : s.w_off + s.w_size]
+            b[bt : bt + s.rows] = self._b[s.b_off : s.b_off + s.rows]
+            vb[bt : bt + s.rows] = self._vb[s.b_off : s.b_off + s.rows]
+            self._slots[node] = Slot(wt, bt, s.rows, s.cols)
+            wt += s.w_size
+            bt += s.rows
+        self._w, self._vw, self._b, self._vb = w, vw, b, vb
+        self._w_top, self._b_top = wt, bt
+        self.layout_version += 1
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Compact arrays that :meth:`from_state_dict` turns back into an equal store."""
+        nodes = self.nodes()
+        shapes = np.array([[n, self._slots[n].rows, self._slots[n].cols] for n in nodes],
+                          dtype=np.int64).reshape(-1, 3)
+
+        def cat(get: Any) -> np.ndarray:
+            parts = [get(n).ravel() for n in nodes]
+            return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+
+        return {
+            "param_shapes": shapes,
+            "param_weight": cat(self.weight),
+            "param_bias": cat(self.bias),
+            "param_weight_mom": cat(self.weight_momentum),
+            "param_bias_mom": cat(self.bias_momentum),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray]) -> ParamStore:
+        """Rebuild from :meth:`state_dict`; raises CheckpointError on inconsistent arrays."""
+        try:
+            shapes = np.asarray(state["param_shapes"], dtype=np.int64)
+            arrays = [np.asarray(state[k]) for k in
+                      ("param_weight", "param_bias", "param_weight_mom", "param_bias_mom")]
+        except KeyError as exc:
+            raise CheckpointError(f"parameter array {exc} is missing") from None
+        dtype = arrays[0].dtype
+        if shapes.ndim != 2 or shapes.shape[1] != 3 or (shapes[:, 1:] < 1).any():
+            raise CheckpointError(f"param_shapes is malformed: shape {shapes.shape}")
+        n_w = int((shapes[:, 1] * shapes[:, 2]).sum())
+        n_b = int(shapes[:, 1].sum())
+        for name, arr, n in zip(("weight", "bias", "weight_mom", "bias_mom"), arrays,
+                                (n_w, n_b, n_w, n_b), strict=True):
+            if arr.shape != (n,) or arr.dtype != dtype or dtype.kind != "f":
+                raise CheckpointError(
+                    f"param_{name}: expected {n} {dtype} values, got {arr.shape} {arr.dtype}")
+        p = cls(dtype=dtype, capacity=2 * n_w)
+        wo = bo = 0
+        for node, rows, cols in shapes.tolist():
+            p.allocate(int(node), rows, cols)
+            p.weight(node).ravel()[:] = arrays[0][wo : wo + rows * cols]
+            p.weight_momentum(node).ravel()[:] = arrays[2][wo : wo + rows * cols]
+            p.bias(node)[:] = arrays[1][bo : bo + rows]
+            p.bias_momentum(node)[:] = arrays[3][bo : bo + rows]
+            wo += rows * cols
+            bo += rows
+        return p
+
+    def copy(self) -> ParamStore:
+        """A deep copy with the same layout."""
+        new = ParamStore.__new__(ParamStore)
+        new.__dict__.update(self.__dict__)
+        new._w, new._vw, new._b, new._vb = (a.copy() for a in (self._w, self._vw, self._b,
+                                                                self._vb))
+        new._slots = dict(self._slots)
+        new._txn = None
+        return new
+
+    def items(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(node, W, b)`` for every node, by id."""
+        for n in self.nodes():
+            yield n, self.weight(n), self.bias(n)
+
+
+@dataclass
+class _Txn:
+    slots: dict[int, Slot]
+    w_top: int
+    b_top: int
+    layout_version: int
+    ops: list[ParamOp] = field(default_factory=list)
