@@ -18,8 +18,8 @@ API, by concern:
 - memory: ``Gpu.alloc``, ``Gpu.to_device``, ``Gpu.upload``, ``Gpu.download``, ``Gpu.fill``
 - streams/events: ``Gpu.stream``, ``Gpu.event``, :func:`record`, :func:`wait`,
   :func:`elapsed_ms`
-- code: :func:`compile_cubin` (no GPU), ``Gpu.load_cubin``, ``Gpu.kernel``, :func:`launch`,
-  :func:`device_pointer`
+- code: :func:`compile_cubin` (no GPU), ``Gpu.load_cubin``, ``Gpu.kernel``,
+  :func:`launch_config`, :func:`launch`, :func:`launcher`, :func:`device_pointer`
 - graphs: :func:`graph_definition`, :func:`graph_kernel_node`, :func:`instantiate`,
   :func:`graph_launch`, :func:`graph_update`
 """
@@ -45,6 +45,8 @@ __all__ = [
     "graph_update",
     "instantiate",
     "launch",
+    "launch_config",
+    "launcher",
     "record",
     "wait",
 ]
@@ -230,20 +232,22 @@ def device_pointer(buf: Handle) -> int:
     return int(buf.handle)
 
 
-def _config(grid: Sequence[int], block: Sequence[int], shmem_bytes: int) -> Handle:
+def launch_config(grid: Sequence[int], block: Sequence[int], shmem_bytes: int = 0) -> Handle:
+    """A reusable launch configuration (build once per shape: it costs ~1 µs to make)."""
     return _core().LaunchConfig(grid=tuple(grid), block=tuple(block), shmem_size=shmem_bytes)
 
 
-def launch(
-    stream: Handle,
-    kernel: Handle,
-    grid: Sequence[int],
-    block: Sequence[int],
-    shmem_bytes: int,
-    args: Sequence[Any],
-) -> None:
-    """Launch ``kernel`` on ``stream``; ``args`` are Buffers and numpy scalars only."""
-    _core().launch(stream, _config(grid, block, shmem_bytes), kernel, *args)
+def launcher() -> Any:
+    """The raw launch function, ``fn(stream, config, kernel, *args)``, for hot loops."""
+    return _core().launch
+
+
+def launch(stream: Handle, config: Handle, kernel: Handle, args: Sequence[Any] = ()) -> None:
+    """Launch ``kernel`` on ``stream`` with a :func:`launch_config`.
+
+    ``args`` are Buffers and numpy scalars only (a Python float would be packed as a double).
+    """
+    _core().launch(stream, config, kernel, *args)
 
 
 def record(stream: Handle, event: Handle) -> None:
@@ -272,18 +276,15 @@ def graph_definition() -> Handle:
 def graph_kernel_node(
     graph: Handle,
     deps: Sequence[Handle],
+    config: Handle,
     kernel: Handle,
-    grid: Sequence[int],
-    block: Sequence[int],
-    shmem_bytes: int,
-    args: Sequence[Any],
+    args: Sequence[Any] = (),
 ) -> Handle:
     """Add a kernel node that depends on ``deps`` (none: a root) and return it."""
-    cfg = _config(grid, block, shmem_bytes)
     if not deps:
-        return graph.launch(cfg, kernel, *args)
+        return graph.launch(config, kernel, *args)
     parent = deps[0] if len(deps) == 1 else graph.join(*deps)
-    return parent.launch(cfg, kernel, *args)
+    return parent.launch(config, kernel, *args)
 
 
 def instantiate(graph: Handle) -> Handle:

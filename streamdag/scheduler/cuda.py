@@ -85,8 +85,8 @@ class CudaExecutor:
         self._modules: dict[str, Any] = {}
         self._kernels: dict[tuple[str, str], Any] = {}
         self._tables: dict[int, tuple[Any, np.ndarray]] = {}
-        self._launch_args: list[tuple[Any, tuple[int, ...], tuple[int, ...], int,
-                                      tuple[Any, ...]]] = []
+        self._configs: dict[tuple[Any, ...], Any] = {}
+        self._launch_args: list[tuple[Any, Any, tuple[Any, ...]]] = []
         self._cache_dir = cache_dir
         for lau in plan.launches:
             self._launch_args.append(self._prepare(lau.id))
@@ -133,30 +133,38 @@ class CudaExecutor:
                 rec[f"p{i}"][row] = driver.device_pointer(a) if is_ptr else a
         return rec
 
-    def _prepare(self, li: int) -> tuple[Any, tuple[int, ...], tuple[int, ...], int,
-                                         tuple[Any, ...]]:
+    def _config(self, grid: tuple[int, ...], block: tuple[int, ...], shmem: int) -> Any:
+        key = (grid, block, shmem)
+        cfg = self._configs.get(key)
+        if cfg is None:
+            cfg = self._configs[key] = driver.launch_config(grid, block, shmem)
+        return cfg
+
+    def _prepare(self, li: int) -> tuple[Any, Any, tuple[Any, ...]]:
+        """(kernel, launch config, packed args) of launch ``li``."""
         lau = self.plan.launches[li]
         first = self.plan.tasks[lau.tasks[0]]
         assert first.kernel is not None and first.shape is not None
         shape, kernel = first.shape, first.kernel
         if not lau.fused:
-            return (self._kernel(kernel.file, kernel.name), shape.grid, shape.block,
-                    shape.shmem_bytes, self._pack(first, self._args[lau.tasks[0]]))
+            return (self._kernel(kernel.file, kernel.name),
+                    self._config(shape.grid, shape.block, shape.shmem_bytes),
+                    self._pack(first, self._args[lau.tasks[0]]))
         rec = self._table(kernel, lau.tasks)
         table = self._tables[li][0] if li in self._tables else self.gpu.alloc(rec.nbytes)
         self.gpu.upload(table, rec)
         self._tables[li] = (table, rec)
         grid = (shape.grid[0], len(lau.tasks), 1)
-        return (self._kernel(kernel.file, f"{kernel.name}_grouped"), grid, shape.block,
-                shape.shmem_bytes, (table, np.uint32(len(lau.tasks))))
+        return (self._kernel(kernel.file, f"{kernel.name}_grouped"),
+                self._config(grid, shape.block, shape.shmem_bytes),
+                (table, np.uint32(len(lau.tasks))))
 
     def _definition(self) -> Any:
         gd = driver.graph_definition()
         nodes: list[Any] = []
-        for lau, (k, grid, block, shmem, args) in zip(self.plan.launches, self._launch_args,
-                                                     strict=True):
+        for lau, (k, cfg, args) in zip(self.plan.launches, self._launch_args, strict=True):
             deps = [nodes[p] for p in lau.preds]
-            nodes.append(driver.graph_kernel_node(gd, deps, k, grid, block, shmem, args))
+            nodes.append(driver.graph_kernel_node(gd, deps, cfg, k, args))
         return gd
 
     # -- running ----------------------------------------------------------------------
@@ -186,16 +194,15 @@ class CudaExecutor:
         if observe:
             origin = self.gpu.event(timing=True)
             driver.record(s0, origin)
-        launch = driver.launch
-        for lau, (k, grid, block, shmem, args) in zip(self.plan.launches, self._launch_args,
-                                                     strict=True):
+        launch = driver.launcher()
+        for lau, (k, cfg, args) in zip(self.plan.launches, self._launch_args, strict=True):
             s = streams[lau.stream]
             for e in lau.waits:
                 s.wait(events[e])
             if observe:
                 a, b = self.gpu.event(timing=True), self.gpu.event(timing=True)
                 driver.record(s, a)
-            launch(s, k, grid, block, shmem, args)
+            launch(s, cfg, k, *args)
             if observe:
                 driver.record(s, b)
                 stamps.append((a, b))

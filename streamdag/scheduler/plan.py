@@ -221,7 +221,7 @@ def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int) ->
             if level[t] != cur_level:
                 open_groups = {}
                 cur_level = level[t]
-            key = specs[t].fusion_key()
+            key = specs[t].fusion_key
             g = open_groups.get(key) if key is not None else None
             if g is not None and len(g) < MAX_GROUP:
                 g.append(t)
@@ -238,12 +238,12 @@ def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int) ->
         for t in g:
             launch_of[t] = li
     preds: list[list[int]] = [[] for _ in range(m)]
-    for li, g in enumerate(groups):  # li ascending, so every preds list comes out sorted
-        for t in g:
+    for li, g in enumerate(groups):  # li ascending: every preds list comes out sorted, and
+        for t in g:  # the duplicates a fused group makes are adjacent
             for v in succ[t]:
-                preds[launch_of[v]].append(li)
-    if fuse:
-        preds = [sorted(set(p)) if len(p) > 1 else p for p in preds]
+                p = preds[launch_of[v]]
+                if not p or p[-1] != li:
+                    p.append(li)
 
     # 3. stream assignment
     stream_of = _assign(groups, preds, [level[g[0]] for g in groups], specs, streams, policy, seed)

@@ -221,18 +221,23 @@ class TaskSpec:
     fn: Callable[..., None] | None = None
     fuse_key: Any = None
     cost: float = 1.0
+    fusion_key: Any = field(init=False, compare=False, repr=False)
+    """Tasks with equal non-None keys may share one grouped launch (computed once, here,
+    so that re-planning does not pay for it)."""
+
+    def __post_init__(self) -> None:
+        key: Any = None
+        if self.kernel is not None:
+            shape = self.shape
+            if self.kernel.grouped and shape is not None and shape.grid[1:] == (1, 1):
+                key = ("kernel", self.kernel.file, self.kernel.name, shape)
+        elif self.fuse_key is not None:
+            key = ("host", self.fuse_key)
+        object.__setattr__(self, "fusion_key", key)
 
     @property
     def is_kernel(self) -> bool:
         return self.kernel is not None
-
-    def fusion_key(self) -> Any:
-        """Tasks with equal non-None keys may share one grouped launch."""
-        if self.kernel is not None:
-            if not self.kernel.grouped or self.shape is None or self.shape.grid[1:] != (1, 1):
-                return None
-            return ("kernel", self.kernel.file, self.kernel.name, self.shape)
-        return None if self.fuse_key is None else ("host", self.fuse_key)
 
 
 class Task:

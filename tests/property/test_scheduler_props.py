@@ -100,7 +100,7 @@ def test_plan_orders_every_edge_with_no_redundant_event(params, streams, policy,
     assert waited == set(range(len(plan.events))), "an event nobody waits on"
     for lau in plan.launches:  # fused members share a key and are pairwise independent
         if lau.fused:
-            keys = {plan.tasks[t].fusion_key() for t in lau.tasks}
+            keys = {plan.tasks[t].fusion_key for t in lau.tasks}
             assert len(keys) == 1 and None not in keys
 
 
