@@ -69,10 +69,6 @@ def test_implied_wait_is_not_recorded() -> None:
     a, b, c = (tg.host(n, lambda: None) for n in "abc")
     a.precede(b, c)
     b.precede(c)
-    plan = make_plan(tg, streams=3, policy="random", seed=0)
-    streams = [lau.stream for lau in plan.launches]
-    if len(set(streams)) == 3:
-        assert sorted(plan.cross_stream_waits()) == [(0, 1), (1, 2)]
     for seed in range(50):  # find a seed that spreads a, b, c over three streams
         plan = make_plan(tg, streams=3, policy="random", seed=seed)
         if len({lau.stream for lau in plan.launches}) == 3:
