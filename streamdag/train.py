@@ -158,6 +158,7 @@ class _Counters:
     step: int = 0           # steps completed overall
     mutations: int = 0      # mutations applied overall
     metrics_lines: int = 0  # records in metrics.jsonl
+    epoch_correct: int = 0  # correct training predictions so far in the current epoch
     seconds: float = 0.0    # training time so far (across resumes)
 
 
@@ -269,8 +270,8 @@ class Trainer:
         n_batches = -(-n // c.batch_size)
         t0 = time.perf_counter()
         base_seconds = self.counters.seconds
-        epoch_loss: list[float] = []
-        epoch_correct = 0
+        # An epoch's metrics cover all its steps, also those before a stop or resume.
+        epoch_loss = self.losses[len(self.losses) - self.counters.batch:]
         stopped = False
         while self.counters.epoch < c.epochs:
             while self.counters.batch < n_batches:
@@ -279,7 +280,7 @@ class Trainer:
                     break
                 result = self._iteration()
                 epoch_loss.append(result.loss)
-                epoch_correct += result.correct
+                self.counters.epoch_correct += result.correct
                 if steps_left is not None:
                     steps_left -= 1
                 self.counters.seconds = base_seconds + time.perf_counter() - t0
@@ -288,8 +289,8 @@ class Trainer:
             if stopped:
                 break
             self.counters.seconds = base_seconds + time.perf_counter() - t0
-            self._end_epoch(epoch_loss, epoch_correct)
-            epoch_loss, epoch_correct = [], 0
+            self._end_epoch(epoch_loss, self.counters.epoch_correct)
+            epoch_loss = []
         self.counters.seconds = base_seconds + time.perf_counter() - t0
         self.save()
         test_loss, test_acc = self.evaluate(self.dataset.x_test, self.dataset.y_test)
@@ -365,6 +366,7 @@ class Trainer:
         }
         self.counters.epoch += 1
         self.counters.batch = 0
+        self.counters.epoch_correct = 0
         self._perm = self._new_permutation()
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
