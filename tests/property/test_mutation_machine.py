@@ -1,0 +1,161 @@
+"""Random sequences of mutations and training steps keep every invariant.
+
+A :class:`RuleBasedStateMachine` queues duplicate-depth / duplicate-width / prune / connect /
+disconnect mutations (valid ones and ones that must be refused), applies the queue as one
+batch, and runs float64 training steps in between. After every step: ``graph.validate()``,
+``params.validate(graph)``, the group cap, and ids unique and never reused (every id ever
+created is tracked). A refused batch must leave graph and parameters bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers_network import DagSpec, assert_unchanged, dag_specs, random_params, snapshot
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from streamdag.backends.reference import ReferenceBackend
+from streamdag.errors import (
+    CapacityError,
+    CycleError,
+    GraphError,
+    MutationError,
+    OrphanError,
+    StreamDagError,
+    UnknownGroupError,
+)
+from streamdag.graph import INPUT
+from streamdag.mutation import (
+    Connect,
+    Disconnect,
+    DuplicateDepth,
+    DuplicateWidth,
+    Mutation,
+    MutationQueue,
+    Prune,
+)
+
+REFUSAL_TYPES = (CapacityError, CycleError, GraphError, MutationError, OrphanError,
+                 UnknownGroupError)
+
+
+class MutationMachine(RuleBasedStateMachine):
+    @initialize(spec=dag_specs(max_groups=5, max_width=6, max_fan_in=3),
+                headroom=st.integers(0, 6), seed=st.integers(0, 2**16))
+    def build(self, spec: DagSpec, headroom: int, seed: int) -> None:
+        self.graph = spec.build(max_groups=len(spec.widths) + headroom)
+        self.params = random_params(self.graph, seed, momentum=True)
+        self.rng = np.random.default_rng(seed)
+        self.queue = MutationQueue()
+        self.backend = ReferenceBackend(dtype=np.float64)
+        self.ever: set[int] = set(self.graph.group_ids())  # every id ever created
+        self.removed: set[int] = set()
+        self.step = 0
+        self.applied = self.refused = 0
+
+    # ------------------------------------------------------------------ choosing ids
+    def _group(self, data: st.DataObject) -> int:
+        """Usually a live group; sometimes a removed or never-created id."""
+        live = self.graph.group_ids()
+        bogus = [self.graph.next_id + 3, *sorted(self.removed)[-2:]]
+        return data.draw(st.one_of(st.sampled_from(live), st.sampled_from(bogus))
+                         if data.draw(st.integers(0, 9)) == 0 else st.sampled_from(live))
+
+    def _source(self, data: st.DataObject) -> int:
+        return INPUT if data.draw(st.integers(0, 4)) == 0 else self._group(data)
+
+    # ------------------------------------------------------------------ queueing
+    @rule(data=st.data())
+    def queue_depth(self, data: st.DataObject) -> None:
+        self.queue.push(DuplicateDepth(self._group(data)))
+
+    @rule(data=st.data())
+    def queue_width(self, data: st.DataObject) -> None:
+        self.queue.push(DuplicateWidth(self._group(data)))
+
+    @rule(data=st.data())
+    def queue_prune(self, data: st.DataObject) -> None:
+        self.queue.push(Prune(self._group(data)))
+
+    @rule(data=st.data())
+    def queue_connect(self, data: st.DataObject) -> None:
+        self.queue.push(Connect(self._source(data), self._group(data)))
+
+    @rule(data=st.data())
+    def queue_disconnect(self, data: st.DataObject) -> None:
+        dst = self._group(data)
+        if dst in self.graph and data.draw(st.booleans()):
+            src = data.draw(st.sampled_from(self.graph.preds(dst)))  # an existing edge
+        else:
+            src = self._source(data)
+        self.queue.push(Disconnect(src, dst))
+
+    # ------------------------------------------------------------------ applying / training
+    @precondition(lambda self: len(self.queue) > 0)
+    @rule(noise=st.sampled_from([0.0, 0.05]))
+    def apply(self, noise: float) -> None:
+        batch: list[Mutation] = list(self.queue)
+        before = snapshot(self.graph, self.params)
+        try:
+            report = self.queue.apply(self.graph, self.params, step=self.step, rng=self.rng,
+                                      noise=noise)
+        except StreamDagError as exc:
+            assert isinstance(exc, REFUSAL_TYPES), f"untyped refusal {exc!r}"
+            assert "mutation #" in str(exc) or "cap" in str(exc), str(exc)
+            assert_unchanged(before, self.graph, self.params)
+            self.refused += 1
+        else:
+            assert [m for m, _ in report.applied] == batch
+            created = report.created
+            assert len(set(created)) == len(created)
+            assert not set(created) & self.ever, f"ids reused: {set(created) & self.ever}"
+            self.ever |= set(created)
+            self.removed |= set(report.removed)
+            self.applied += 1
+        assert len(self.queue) == 0  # applied or refused, the batch is gone
+
+    @rule(seed=st.integers(0, 2**16), batch=st.integers(1, 5))
+    def train_step(self, seed: int, batch: int) -> None:
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((batch, self.graph.n_inputs))
+        y = rng.integers(0, self.graph.n_classes, batch)
+        result = self.backend.step(self.graph, self.params, x, y, lr=0.05, momentum=0.9)
+        assert np.isfinite(result.loss)
+        assert result.stats.group_ids.tolist() == self.graph.group_ids()
+        self.step += 1
+
+    @rule(data=st.data())
+    def lower_or_raise_cap(self, data: st.DataObject) -> None:
+        n = len(self.graph)
+        cap = data.draw(st.integers(max(1, n - 2), n + 4))
+        old = self.graph.max_groups
+        if cap < n:
+            try:
+                self.graph.set_max_groups(cap)
+            except CapacityError as exc:
+                assert str(n) in str(exc)
+            else:
+                raise AssertionError(f"cap {cap} below {n} groups accepted")
+            assert self.graph.max_groups == old
+        else:
+            self.graph.set_max_groups(cap)
+
+    # ------------------------------------------------------------------ invariants
+    @invariant()
+    def invariants_hold(self) -> None:
+        g = self.graph
+        g.validate()
+        self.params.validate(g)
+        ids = g.group_ids()
+        assert len(ids) == len(set(ids))
+        assert set(ids) <= self.ever
+        assert not set(ids) & self.removed, "a removed id came back"
+        assert g.next_id > max(self.ever)
+        assert g.max_groups is None or len(g) <= g.max_groups
+        assert self.params.nodes() == sorted([*ids, -2])
+
+
+MutationMachine.TestCase.settings = settings(
+    max_examples=80, stateful_step_count=40, deadline=None)
+TestMutationMachine = MutationMachine.TestCase
