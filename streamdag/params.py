@@ -370,6 +370,9 @@ class ParamStore:
         dtype = arrays[0].dtype
         if shapes.ndim != 2 or shapes.shape[1] != 3 or (shapes[:, 1:] < 1).any():
             raise CheckpointError(f"param_shapes is malformed: shape {shapes.shape}")
+        nodes = shapes[:, 0].tolist()
+        if INPUT in nodes or len(set(nodes)) != len(nodes):
+            raise CheckpointError(f"param_shapes names the input or a node twice: {nodes[:16]}")
         n_w = int((shapes[:, 1] * shapes[:, 2]).sum())
         n_b = int(shapes[:, 1].sum())
         for name, arr, n in zip(("weight", "bias", "weight_mom", "bias_mom"), arrays,
