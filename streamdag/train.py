@@ -218,17 +218,17 @@ class Trainer:
         file = path / CHECKPOINT_NAME if path.is_dir() else path
         ck = load_checkpoint(file)
         try:
-            cfg = dict(ck.state["config"])
-            if epochs is not None:
-                cfg["epochs"] = epochs
-            config = TrainConfig.from_dict(cfg)
+            config = TrainConfig.from_dict(dict(ck.state["config"]))
             counters = _Counters(**ck.state["counters"])
             rng_state = ck.state["rng"]
             policy_state = ck.state["policy"]
             perm = ck.arrays["perm"]
             losses = ck.arrays["losses"]
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{file}: trainer state is incomplete ({exc!r})") from None
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: ConfigError, CapacityError
+            raise CheckpointError(f"{file}: trainer state is incomplete or malformed "
+                                  f"({exc!r})") from None
+        if epochs is not None:  # the caller's value: a bad one is a ConfigError, not the file's
+            config = dataclasses.replace(config, epochs=epochs)
         if (ck.graph.n_inputs, ck.graph.n_classes) != (dataset.n_features, dataset.n_classes):
             raise DataError(
                 f"{file}: the network takes {ck.graph.n_inputs} features and {ck.graph.n_classes}"
@@ -242,8 +242,12 @@ class Trainer:
         self.graph, self.params = ck.graph, ck.params.copy()
         if self.params.dtype != np.dtype(np.float32):
             raise CheckpointError(f"{file}: parameters are {self.params.dtype}, expected float32")
-        self.rng.bit_generator.state = rng_state
-        self.policy.load_state_dict(policy_state)
+        try:
+            self.rng.bit_generator.state = rng_state
+            self.policy.load_state_dict(policy_state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{file}: the RNG or growth-policy state is malformed "
+                                  f"({exc!r})") from None
         self.counters = counters
         self._perm = perm.astype(np.int64)
         self.losses = [float(v) for v in losses]
