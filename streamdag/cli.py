@@ -140,6 +140,8 @@ def _run_train(a: argparse.Namespace) -> int:
         ck = a.resume / CHECKPOINT_NAME if a.resume.is_dir() else a.resume
         from .checkpoint import load_checkpoint
 
+        if a.out is not None:
+            _check_out_dir(a.out, allow=ck)
         state = load_checkpoint(ck).state
         ds_name = state.get("dataset", a.dataset)
         ds = load_dataset(ds_name, seed=int(state.get("config", {}).get("seed", a.seed)))
@@ -148,9 +150,7 @@ def _run_train(a: argparse.Namespace) -> int:
                  groups=len(trainer.graph))
     else:
         out = a.out or Path("runs") / f"{Path(a.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"{out} already holds a checkpoint: continue it with --resume "
-                              f"{out}, or choose another --out")
+        _check_out_dir(out)
         config = _config_from_args(a)
         ds = load_dataset(a.dataset, seed=a.seed)
         trainer = Trainer(ds, config, backend=backend, out_dir=out)
@@ -177,6 +177,19 @@ def _run_train(a: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     log.info("done", **record, out=str(trainer.out_dir))
     return 0
+
+
+def _check_out_dir(out: Path, *, allow: Path | None = None) -> None:
+    """Refuse a run directory that is a file, or that holds a checkpoint other than ``allow``
+    (a user's trained model is never overwritten)."""
+    from .train import CHECKPOINT_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; choose another --out")
+    ck = out / CHECKPOINT_NAME
+    if ck.exists() and (allow is None or ck.resolve() != allow.resolve()):
+        raise ConfigError(f"{out} already holds a checkpoint: continue it with --resume "
+                          f"{out}, or choose another --out")
 
 
 def _install_stop_handler(stop: Callable[[], None]) -> Any:
