@@ -71,8 +71,9 @@ def _add_train_parser(sub: Any) -> None:
         description="Train a generalized network that starts from a single group and grows "
                     "by duplicating groups whose gradients are noisy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="digits",
-                   help="digits, spirals, or a path to a .npz with arrays X and y")
+    p.add_argument("--dataset", default=None,
+                   help="digits, spirals, or a path to a .npz with arrays X and y (default: "
+                        "digits; with --resume, the checkpoint's, which a .npz run must name)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "cuda"],
                    help="auto uses cuda when a GPU is usable, else the numpy reference")
     p.add_argument("--epochs", type=int, default=None,
@@ -143,16 +144,17 @@ def _run_train(a: argparse.Namespace) -> int:
         if a.out is not None:
             _check_out_dir(a.out, allow=ck)
         state = load_checkpoint(ck).state
-        ds_name = state.get("dataset", a.dataset)
+        ds_name = a.dataset or state.get("dataset", "digits")
         ds = load_dataset(ds_name, seed=int(state.get("config", {}).get("seed", a.seed)))
         trainer = Trainer.resume(ck, ds, backend=backend, out_dir=a.out, epochs=a.epochs)
         log.info("resumed", checkpoint=str(ck), step=trainer.counters.step,
                  groups=len(trainer.graph))
     else:
-        out = a.out or Path("runs") / f"{Path(a.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dataset = a.dataset or "digits"
+        out = a.out or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         _check_out_dir(out)
         config = _config_from_args(a)
-        ds = load_dataset(a.dataset, seed=a.seed)
+        ds = load_dataset(dataset, seed=a.seed)
         trainer = Trainer(ds, config, backend=backend, out_dir=out)
     log.info("training", dataset=ds.name, backend=backend.name, out=str(trainer.out_dir),
              train=len(ds.y_train), test=len(ds.y_test), epochs=trainer.config.epochs)
