@@ -1,0 +1,137 @@
+"""train.py: config checks, the summary, metrics.jsonl, the lr schedule, callbacks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamdag.data import make_spirals
+from streamdag.errors import CapacityError, ConfigError
+from streamdag.train import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    TrainConfig,
+    Trainer,
+    TrainerCallback,
+    TrainSummary,
+)
+
+DATA = make_spirals(n=200, seed=0)  # 160 train -> 5 batches of 32
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=32, threshold=0.0, every=2, cooldown=1, max_groups=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_summary_fields_and_growth(tmp_path: Path) -> None:
+    t = Trainer(DATA, _cfg(), out_dir=tmp_path)
+    s = t.fit()
+    assert isinstance(s, TrainSummary)
+    assert s.steps == 10 and s.epochs == 2 and s.backend == "reference"
+    assert s.groups == len(t.graph) and 1 < s.groups <= 4
+    assert s.mutations == t.counters.mutations > 0
+    assert 0.0 <= s.test_accuracy <= 1.0 and s.seconds >= 0 and not s.stopped_early
+    assert set(s.to_dict()) >= {"test_accuracy", "groups", "mutations", "steps", "backend",
+                                "seconds"}
+    assert len(t.losses) == 10
+    assert (tmp_path / CHECKPOINT_NAME).is_file()
+
+
+def test_metrics_jsonl_one_record_per_epoch(tmp_path: Path) -> None:
+    t = Trainer(DATA, _cfg(epochs=3), out_dir=tmp_path)
+    t.fit()
+    recs = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert [r["step"] for r in recs] == [5, 10, 15]
+    keys = {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+            "groups", "levels", "parameters", "mutations", "seconds"}
+    assert all(set(r) == keys for r in recs)
+    assert recs[0]["train_loss"] == pytest.approx(float(np.mean(t.losses[:5])))
+    assert recs[-1]["groups"] == len(t.graph)
+    assert recs[-1]["parameters"] == t.params.n_parameters()
+    assert all(0 <= r["train_accuracy"] <= 1 for r in recs)
+
+
+def test_resume_truncates_metrics_written_after_the_checkpoint(tmp_path: Path) -> None:
+    t = Trainer(DATA, _cfg(epochs=3), out_dir=tmp_path)
+    t.fit(max_steps=7)
+    with open(tmp_path / METRICS_NAME, "a") as f:
+        f.write('{"epoch": 99}\n')  # a record the checkpoint never saw (crash after write)
+    r = Trainer.resume(tmp_path, DATA)
+    assert len((tmp_path / METRICS_NAME).read_text().splitlines()) == 1
+    r.fit()
+    assert len((tmp_path / METRICS_NAME).read_text().splitlines()) == 3
+
+
+def test_lr_schedules() -> None:
+    t = Trainer(DATA, _cfg(lr=0.2, lr_schedule="constant"))
+    assert t.learning_rate() == 0.2
+    t = Trainer(DATA, _cfg(lr=0.2, lr_schedule="cosine", epochs=2))
+    total = 10
+    for step, want in [(0, 0.2), (5, 0.1), (10, 0.0), (12, 0.0)]:
+        t.counters.step = step
+        assert t.learning_rate() == pytest.approx(
+            0.5 * 0.2 * (1 + math.cos(math.pi * min(step / total, 1))), abs=1e-15)
+        assert t.learning_rate() == pytest.approx(want, abs=1e-12)
+
+
+def test_no_growth_keeps_the_structure() -> None:
+    t = Trainer(DATA, _cfg(growth=False, init_groups=2))
+    s = t.fit()
+    assert s.groups == 2 and s.mutations == 0
+
+
+def test_callbacks_see_steps_mutations_and_epochs() -> None:
+    seen: dict[str, int] = {"start": 0, "step": 0, "mutation": 0, "epoch": 0}
+
+    class Count(TrainerCallback):
+        def on_fit_start(self, trainer): seen["start"] += 1
+        def on_step(self, trainer, result): seen["step"] += 1
+        def on_mutation(self, trainer, report): seen["mutation"] += len(report)
+        def on_epoch_end(self, trainer, metrics): seen["epoch"] += 1
+
+    t = Trainer(DATA, _cfg(), callbacks=[Count()])
+    t.fit()
+    assert seen == {"start": 1, "step": 10, "mutation": t.counters.mutations, "epoch": 2}
+
+
+def test_same_seed_same_run_and_no_out_dir_writes_nothing(tmp_path: Path) -> None:
+    a = Trainer(DATA, _cfg())
+    b = Trainer(DATA, _cfg())
+    a.fit()
+    b.fit()
+    assert a.losses == b.losses and a.graph == b.graph
+    assert a.save() is None
+    c = Trainer(DATA, _cfg(seed=1))
+    c.fit()
+    assert c.losses != a.losses
+
+
+def test_cap_is_never_exceeded_in_training() -> None:
+    t = Trainer(DATA, _cfg(epochs=4, max_groups=3, every=1, cooldown=0))
+    t.fit()
+    assert len(t.graph) == 3
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"epochs": 0}, ConfigError, "epochs"),
+    ({"batch_size": 0}, ConfigError, "batch_size"),
+    ({"lr": 0.0}, ConfigError, "lr"),
+    ({"lr_schedule": "step"}, ConfigError, "lr_schedule"),
+    ({"momentum": 1.0}, ConfigError, "momentum"),
+    ({"noise": -1.0}, ConfigError, "noise"),
+    ({"kind": "diagonal"}, ConfigError, "growth kind"),
+    ({"max_groups": 1, "init_groups": 2}, CapacityError, "max_groups=1 is below"),
+    ({"checkpoint_every": -1}, ConfigError, "checkpoint_every"),
+])
+def test_config_checks(kw, error, match) -> None:
+    with pytest.raises(error, match=match):
+        TrainConfig(**kw)
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        TrainConfig.from_dict({"epochs": 1, "colour": "red"})
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
