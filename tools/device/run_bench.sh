@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the full dag-bench on a GPU machine in one call: presets S, M, L, the mutation benchmark
+# (S and M) and the scaling sweep (G 256..16384 at W=16, W 4..64 at G=1024), every contender in
+# one process. Writes results.json, results.md, scaling_*.png, gpu.txt and bench.log to $OUT
+# (default /tmp/streamdag-bench). Exit status: the benchmark's.
+# Usage (repo root; structlog wheels carried in .whl/, see /work/shared/device/prep-wheels.sh):
+#   bash tools/device/run_bench.sh [extra streamdag bench options]
+set -uo pipefail
+OUT=${OUT:-/tmp/streamdag-bench}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/streamdag-cache}
+PY=${PYTHON:-python3}
+
+if ! $PY -c "import structlog" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  date -u
+  $PY -c "import torch, numpy, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, 'python', sys.version.split()[0])"
+  $PY -m streamdag info; } 2>&1 | tee "$OUT/gpu.txt"
+
+# Budget 30 s per contender and configuration: PyTorch eager at L (~4 s/step) is reported
+# "skipped: over time budget"; numpy-serial at L is timed for fewer steps (the record says so).
+$PY -m streamdag.cli bench --preset S,M,L --mutation --sweep --steps 20 --budget-s 30 \
+  --no-progress --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+exit "${PIPESTATUS[0]}"
