@@ -1,9 +1,11 @@
 """The reference backward matches central finite differences (float64) on random DAGs.
 
-Relative error ``|a - b| / max(|a| + |b|, 1e-7)``: the floor keeps entries whose gradient is
-(near) zero from dividing round-off by nothing. Examples where a pre-activation is within
-1e-5 of 0 are rejected (a ReLU kink makes finite differences meaningless); each perturbed
-evaluation must also leave every ReLU mask as it was, which is checked too.
+Five-point central differences with h = 1e-4 (truncation error O(h^4), round-off about
+1e-16 / h = 1e-12). Relative error ``|a - b| / max(|a| + |b|, 1e-5)``: the floor sits above
+the round-off of the differences, so an entry whose gradient is (near) zero is held to an
+absolute 1e-11 instead of dividing round-off by nothing. Examples where a pre-activation is
+within 1e-5 of 0 are rejected (a ReLU kink makes finite differences meaningless); an entry
+whose perturbations flip any ReLU mask is skipped (and at most a few may be).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from streamdag.backends.reference import loss_and_gradients
 from streamdag.graph import NetworkGraph
 from streamdag.params import ParamStore
 
-EPS = 1e-6
+EPS = 1e-4
+STENCIL = ((2, -1 / 12), (1, 8 / 12), (-1, -8 / 12), (-2, 1 / 12))  # f'(0) ~ sum c f(kh) / h
 KINK = 1e-5
 RTOL = 1e-6
-FLOOR = 1e-7
+FLOOR = 1e-5
 MAX_ENTRIES = 120  # bigger networks: a seeded sample of entries
 
 
@@ -50,23 +53,26 @@ def test_backward_matches_finite_differences(spec: DagSpec, seed: int) -> None:
     if len(entries) > MAX_ENTRIES:
         pick = rng.choice(len(entries), MAX_ENTRIES, replace=False)
         entries = [entries[k] for k in sorted(pick)]
-    worst = (0.0, None)
+    worst, skipped = (0.0, None), 0
     for node, kind, i in entries:
         arr = (params.weight(node) if kind == "W" else params.bias(node)).reshape(-1)
         old = arr[i]
-        losses = []
-        for delta in (EPS, -EPS):
-            arr[i] = old + delta
-            assert all(np.array_equal(a, b) for a, b in
-                       zip(masks(graph, params, x), base_masks, strict=True)), "kink crossed"
-            losses.append(loss_and_gradients(graph, params, x, y)[0])
+        numeric, crossed = 0.0, False
+        for k, c in STENCIL:
+            arr[i] = old + k * EPS
+            crossed |= not all(np.array_equal(a, b) for a, b in
+                               zip(masks(graph, params, x), base_masks, strict=True))
+            numeric += c * loss_and_gradients(graph, params, x, y)[0] / EPS
         arr[i] = old
-        numeric = (losses[0] - losses[1]) / (2 * EPS)
+        if crossed:
+            skipped += 1
+            continue
         analytic = float(grads[node][0 if kind == "W" else 1].reshape(-1)[i])
         err = rel_err(analytic, numeric)
         if err > worst[0]:
             worst = (err, (node, kind, i, analytic, numeric))
     assert worst[0] <= RTOL, f"worst relative error {worst[0]:.3g} at {worst[1]}"
+    assert skipped <= len(entries) // 10, f"{skipped} of {len(entries)} entries near a kink"
 
 
 def test_gradient_of_a_shared_predecessor_sums_over_successors() -> None:
