@@ -110,7 +110,29 @@ def _truncated_checkpoint(tmp_path: Path) -> Path:
     return run
 
 
+def _corrupt_checkpoint(tmp_path: Path, what: str) -> Path:
+    run = tmp_path / what
+    assert train(*FAST, "--epochs", "1", "--out", str(run)) == 0
+    with np.load(run / CHECKPOINT_NAME) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    if what == "rng":
+        meta["state"]["rng"] = {"bit_generator": "MT19937"}
+    elif what == "json":
+        arrays["meta"] = arrays["meta"][:-5]
+    elif what == "shapes":
+        arrays["param_weight"] = arrays["param_weight"][:-3]
+    if what != "json":
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(run / CHECKPOINT_NAME, "wb") as f:
+        np.savez(f, **arrays)
+    return run
+
+
 @pytest.mark.parametrize("make_args,expect", [
+    (lambda t: ["--resume", str(_corrupt_checkpoint(t, "rng"))], "RNG"),
+    (lambda t: ["--resume", str(_corrupt_checkpoint(t, "json"))], "meta"),
+    (lambda t: ["--resume", str(_corrupt_checkpoint(t, "shapes"))], "param_weight"),
     (lambda t: ["--resume", str(t / "missing")], "missing"),
     (lambda t: ["--resume", str(_truncated_checkpoint(t))], "truncated"),
     (lambda t: ["--dataset", str(t / "nope.npz"), "--out", str(t / "o")], "nope.npz"),
