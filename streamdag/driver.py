@@ -15,13 +15,16 @@ as a double); ``LaunchConfig`` is built by keyword; a graph does not keep its bu
 API, by concern:
 
 - device: :class:`Gpu` (``Gpu(0)``: name, arch, limits, sync)
-- memory: ``Gpu.alloc``, ``Gpu.to_device``, ``Gpu.upload``, ``Gpu.download``, ``Gpu.fill``
+- memory: ``Gpu.alloc``, ``Gpu.to_device``, ``Gpu.upload``/``download`` (whole buffers),
+  ``Gpu.upload_range``/``download_range`` (byte ranges, through one reused pinned buffer),
+  ``Gpu.memset``, ``Gpu.fill``, ``Gpu.memory_info``
 - streams/events: ``Gpu.stream``, ``Gpu.event``, :func:`record`, :func:`wait`,
   :func:`elapsed_ms`
 - code: :func:`compile_cubin` (no GPU), ``Gpu.load_cubin``, ``Gpu.kernel``,
   :func:`launch_config`, :func:`launch`, :func:`launcher`, :func:`device_pointer`
 - graphs: :func:`graph_definition`, :func:`graph_kernel_node`, :func:`instantiate`,
-  :func:`graph_launch`, :func:`graph_update`
+  :func:`graph_launch`, :func:`graph_update`; capture: :func:`begin_capture`,
+  :func:`end_capture`
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from streamdag.errors import BackendError, CompileError, DeviceMemoryError
 
 __all__ = [
     "Gpu",
+    "begin_capture",
     "compile_cubin",
     "device_pointer",
     "elapsed_ms",
+    "end_capture",
     "graph_definition",
     "graph_kernel_node",
     "graph_launch",
@@ -125,6 +130,8 @@ class Gpu:
         self.name: str = self._dev.name
         self.arch: str = f"sm_{self._dev.arch}"
         self._default = self.stream()
+        self._pinned: Handle = None
+        self._pinned_view = np.zeros(0, np.uint8)
 
     def make_current(self) -> None:
         """Make this device current on the calling thread (each thread must, once)."""
@@ -172,20 +179,59 @@ class Gpu:
                 raise DeviceMemoryError(f"cannot allocate {nbytes} B on {self.name}") from exc
             raise BackendError(f"allocation of {nbytes} B failed: {exc}") from exc
 
-    def _staging(self, nbytes: int) -> tuple[Handle, np.ndarray]:
-        buf = self._core.LegacyPinnedMemoryResource().allocate(nbytes)
-        return buf, np.from_dlpack(buf).view(np.uint8)
+    def _stage(self, nbytes: int) -> tuple[Handle, np.ndarray]:
+        """A pinned host buffer of at least ``nbytes``, reused across copies (grows ×2)."""
+        if self._pinned is None or self._pinned.size < nbytes:
+            size = max(nbytes, 2 * (self._pinned.size if self._pinned is not None else 0), 4096)
+            self._pinned = self._core.LegacyPinnedMemoryResource().allocate(size)
+            self._pinned_view = np.from_dlpack(self._pinned).view(np.uint8)
+        return self._pinned, self._pinned_view
+
+    def _view(self, buf: Handle, offset: int, nbytes: int) -> Handle:
+        """A non-owning Buffer over ``buf[offset : offset + nbytes]`` (keeps ``buf`` alive)."""
+        if offset < 0 or offset + nbytes > buf.size:
+            raise BackendError(f"range [{offset}, {offset + nbytes}) outside a buffer of "
+                               f"{buf.size} B")
+        if offset == 0 and nbytes == buf.size:
+            return buf
+        return self._core.Buffer.from_handle(int(buf.handle) + offset, nbytes, owner=buf)
+
+    def upload_range(self, dst: Handle, offset: int, array: np.ndarray, *,
+                     stream: Handle | None = None) -> None:
+        """Copy ``array`` into ``dst`` at byte ``offset``; returns when the copy is done."""
+        src = np.ascontiguousarray(array)
+        if src.nbytes == 0:
+            return
+        target = self._view(dst, offset, src.nbytes)
+        s = stream or self._default
+        with self._lock:
+            pinned, view = self._stage(src.nbytes)
+            view[: src.nbytes] = src.reshape(-1).view(np.uint8)
+            target.copy_from(self._view(pinned, 0, src.nbytes), stream=s)
+            s.sync()
+
+    def download_range(self, src: Handle, offset: int, out: np.ndarray, *,
+                       stream: Handle | None = None) -> np.ndarray:
+        """Copy ``out.nbytes`` bytes of ``src`` from byte ``offset`` into ``out``; returns it."""
+        if not out.flags.c_contiguous:
+            raise BackendError("download into a non-contiguous array")
+        if out.nbytes == 0:
+            return out
+        source = self._view(src, offset, out.nbytes)
+        s = stream or self._default
+        with self._lock:
+            pinned, view = self._stage(out.nbytes)
+            source.copy_to(self._view(pinned, 0, out.nbytes), stream=s)
+            s.sync()
+            out.reshape(-1).view(np.uint8)[:] = view[: out.nbytes]
+        return out
 
     def upload(self, dst: Handle, array: np.ndarray, *, stream: Handle | None = None) -> None:
         """Copy ``array`` into device buffer ``dst`` (same size in bytes); returns when done."""
-        src = np.ascontiguousarray(array)
-        if src.nbytes != dst.size:
-            raise BackendError(f"upload of {src.nbytes} B into a buffer of {dst.size} B")
-        s = stream or self._default
-        pinned, view = self._staging(src.nbytes)
-        view[:] = src.reshape(-1).view(np.uint8)
-        dst.copy_from(pinned, stream=s)
-        s.sync()
+        if np.asarray(array).nbytes != dst.size:
+            raise BackendError(f"upload of {np.asarray(array).nbytes} B into a buffer of "
+                               f"{dst.size} B")
+        self.upload_range(dst, 0, array, stream=stream)
 
     def to_device(self, array: np.ndarray, *, stream: Handle | None = None) -> Handle:
         """A new device buffer holding a copy of ``array``."""
@@ -196,14 +242,30 @@ class Gpu:
 
     def download(self, src: Handle, out: np.ndarray, *, stream: Handle | None = None) -> np.ndarray:
         """Copy device buffer ``src`` into ``out`` (same size in bytes) and return ``out``."""
-        if out.nbytes != src.size or not out.flags.c_contiguous:
-            raise BackendError(f"download of {src.size} B into {out.nbytes} B (or non-contiguous)")
-        s = stream or self._default
-        pinned, view = self._staging(src.size)
-        src.copy_to(pinned, stream=s)
-        s.sync()
-        out.reshape(-1).view(np.uint8)[:] = view
-        return out
+        if out.nbytes != src.size:
+            raise BackendError(f"download of {src.size} B into {out.nbytes} B")
+        return self.download_range(src, 0, out, stream=stream)
+
+    def memset(self, buf: Handle, byte: int = 0, *, offset: int = 0, nbytes: int | None = None,
+               stream: Handle | None = None) -> None:
+        """Set ``nbytes`` bytes of ``buf`` from ``offset`` (default: all) to ``byte``."""
+        n = buf.size - offset if nbytes is None else nbytes
+        if n:
+            self._view(buf, offset, n).fill(np.uint8(byte), stream=stream or self._default)
+
+    @property
+    def multiprocessors(self) -> int:
+        """Number of streaming multiprocessors."""
+        return int(self._dev.properties.multiprocessor_count)
+
+    def memory_info(self) -> tuple[int, int]:
+        """``(free, total)`` device memory in bytes."""
+        from cuda.bindings import driver as cu
+
+        err, free, total = cu.cuMemGetInfo()
+        if int(err) != 0:
+            raise BackendError(f"cuMemGetInfo failed: {err}")
+        return int(free), int(total)
 
     def fill(self, buf: Handle, byte: int = 0, *, stream: Handle | None = None) -> None:
         """Set every byte of ``buf`` to ``byte`` (stream-ordered)."""
@@ -295,6 +357,18 @@ def instantiate(graph: Handle) -> Handle:
 def graph_launch(exe: Handle, stream: Handle) -> None:
     """Replay an executable graph on ``stream``."""
     exe.launch(stream)
+
+
+def begin_capture(stream: Handle) -> Handle:
+    """Start capturing launches into a graph; pass the returned builder as the stream."""
+    return stream.create_graph_builder().begin_building()
+
+
+def end_capture(builder: Handle, stream: Handle) -> Handle:
+    """Finish a capture: an executable graph, uploaded to ``stream``'s device."""
+    graph = builder.end_building().complete()
+    graph.upload(stream)
+    return graph
 
 
 def graph_update(exe: Handle, graph: Handle) -> None:

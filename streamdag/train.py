@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from .backends.base import Backend, StepResult
+from .backends.base import Backend, StepOutcome
 from .backends.reference import ReferenceBackend, softmax_xent_ref
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
@@ -146,7 +146,7 @@ class TrainerCallback:
     """Observer of a training run; override what you need."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_step(self, trainer: Trainer, result: StepResult) -> None: ...
+    def on_step(self, trainer: Trainer, result: StepOutcome) -> None: ...
     def on_mutation(self, trainer: Trainer, report: MutationReport) -> None: ...
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
@@ -302,7 +302,7 @@ class Trainer:
                             self.counters.step, self.counters.epoch, self.backend.name,
                             round(self.counters.seconds, 3), stopped)
 
-    def _iteration(self) -> StepResult:
+    def _iteration(self) -> StepOutcome:
         c = self.config
         lo = self.counters.batch * c.batch_size
         idx = self._perm[lo : lo + c.batch_size]

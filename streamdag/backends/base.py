@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ..graph import NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamStore
 
-__all__ = ["Backend", "GroupStats", "StepResult"]
+__all__ = ["Backend", "GroupStats", "StepOutcome", "StepResult"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,20 @@ class StepResult:
     stats: GroupStats
 
 
+class StepOutcome(Protocol):
+    """What :meth:`Backend.step` returns: a :class:`StepResult` or a lazy device equivalent
+    (reading a field may synchronise with the device)."""
+
+    @property
+    def loss(self) -> float: ...
+    @property
+    def correct(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def stats(self) -> GroupStats: ...
+
+
 class Backend(ABC):
     """Runs training steps and predictions for a network."""
 
@@ -58,7 +73,7 @@ class Backend(ABC):
     def step(
         self, graph: NetworkGraph, params: ParamStore, x: np.ndarray, y: np.ndarray, *,
         lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-    ) -> StepResult:
+    ) -> StepOutcome:
         """Forward, loss, backward and SGD update on one batch."""
 
     @abstractmethod

@@ -1,0 +1,565 @@
+"""The CUDA training backend: the whole step on the GPU, checked against the reference.
+
+Design note
+-----------
+State on the device (all through :mod:`streamdag.driver`):
+
+* the four parameter arenas, byte-for-byte mirrors of the host
+  :class:`~streamdag.params.ParamStore` arenas (same offsets, same spare capacity);
+* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`):
+  node 0 is the input, then the groups level by level, the output last; per node its
+  width, fan-in, arena offsets, predecessor and successor lists and a column map;
+* activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
+  of the whole network is contiguous), with spare capacity in rows and columns so growth
+  rarely reallocates.
+
+A step is a handful of launches whose shape depends on ``mode``:
+
+* ``persistent`` (default): ``sd_step_rows`` runs forward, loss and pull backward of the
+  whole DAG for a slice of batch rows per block — rows are independent until the weight
+  gradient, so no block ever waits for another and levels cost one ``__syncthreads``; then
+  ``sd_wgrad_update`` (weight gradient, SGD step, growth statistics, one block per tile of
+  one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches per step.
+* ``fused``: one grouped launch per DAG level and phase (``sd_forward`` /
+  ``sd_backward_pull`` or ``sd_backward_push`` over a level's node slice), then the same
+  weight-gradient and loss launches: ``2 × levels + 4`` launches.
+* ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
+  after a mutation.
+
+Kernels and their reference functions are listed in ``kernels/network.cu``. After a mutation
+batch the tables are rebuilt on the host (cheap), and only the parameter slots the batch
+allocated are uploaded (:class:`~streamdag.params.ParamOp` ``alloc``); a compaction of the
+host arenas (``layout_version``) re-uploads them whole.
+
+Results (:class:`DeviceStepResult`) are fetched lazily: reading ``loss`` or ``stats``
+synchronises; a benchmark that never reads them measures the step alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, ConfigError, DataError, DeviceMemoryError
+from ..graph import INPUT, OUTPUT, NetworkGraph
+from ..mutation import MutationReport
+from ..params import ParamStore
+from .base import Backend, GroupStats
+
+__all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
+
+MODES = ("persistent", "fused", "graph")
+BACKWARDS = ("pull", "push")
+KERNEL_FILE = "network.cu"
+NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
+FWD_ROWS = 8      # SD_FWD_ROWS
+BWD_ROWS = 8      # SD_BWD_ROWS
+WG_THREADS = 256  # SD_WG_THREADS
+WG_XCOLS = 128    # SD_WG_XCOLS
+LEVEL_THREADS = 128
+STEP_THREADS = 1024
+MAX_INT32 = 2**31 - 1
+
+
+def unavailable_reason(ordinal: int = 0) -> str | None:
+    """None when device ``ordinal`` can run this backend, else why not."""
+    from .. import driver
+
+    try:
+        driver.Gpu(ordinal)
+    except BackendError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+@dataclass(frozen=True)
+class NetTables:
+    """The int32 tables the kernels walk, built from a graph and a parameter layout.
+
+    Attributes:
+        nodes: ``(n_nodes, 12)`` Node records (see ``network.cu``).
+        preds: predecessor node indices, per node from ``pred_start``.
+        succs: ``(n, 4)`` per successor: its activation offset in a row, the weight offset of
+            this node's first column in it, its width and its fan-in.
+        colmap: per node from ``col_start``, the offset within a batch row of each input column.
+        level_start: nodes are stored level by level; level ``l`` is the index range
+            ``level_start[l] .. level_start[l+1]`` (level 0 = input, the last = output).
+        tiles: ``(n_tiles, 4)`` weight-gradient tiles (node, first column, columns, stats slot).
+        group_ids: graph id of each stats slot (groups in ascending id order).
+        row_stride: floats per batch row of the activation arenas.
+    """
+
+    nodes: np.ndarray
+    preds: np.ndarray
+    succs: np.ndarray
+    colmap: np.ndarray
+    level_start: np.ndarray
+    tiles: np.ndarray
+    group_ids: np.ndarray
+    row_stride: int
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.level_start) - 1
+
+    @classmethod
+    def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
+        """Vectorised over nodes and edges: a few ms at 4,096 groups."""
+        levels = graph.levels()
+        order = [INPUT, *[g for lv in levels for g in lv], OUTPUT]
+        n = len(order)
+        index = {node: i for i, node in enumerate(order)}
+        width = np.array([graph.width(node) for node in order], dtype=np.int64)
+        act = np.concatenate([[0], np.cumsum(width)[:-1]])
+        row_stride = int(width.sum())
+        # edges (pred entry e of node owner[e]), in each node's predecessor order
+        pred_lists = [[index[p] for p in graph.preds(node)] for node in order[1:]]
+        n_preds = np.array([0] + [len(ps) for ps in pred_lists], dtype=np.int64)
+        pred_idx = np.array([p for ps in pred_lists for p in ps], dtype=np.int64)
+        owner = np.repeat(np.arange(n), n_preds)
+        pred_start = np.concatenate([[0], np.cumsum(n_preds)[:-1]])
+        pw = width[pred_idx]
+        fan_in = np.bincount(owner, weights=pw, minlength=n).astype(np.int64)
+        col_start = np.concatenate([[0], np.cumsum(fan_in)[:-1]])
+        entry_col = np.concatenate([[0], np.cumsum(pw)[:-1]])  # global column of entry e
+        col_in_owner = entry_col - col_start[owner]
+        colmap = np.repeat(act[pred_idx] - entry_col, pw) + np.arange(int(pw.sum()))
+        slots = [params.slot(node) for node in order[1:]]
+        w_off = np.array([0] + [sl.w_off for sl in slots], dtype=np.int64)
+        b_off = np.array([0] + [sl.b_off for sl in slots], dtype=np.int64)
+        # successor records, grouped by predecessor (the input has none)
+        keep = pred_idx != 0
+        by_pred = np.argsort(pred_idx[keep], kind="stable")
+        e_owner, e_pred = owner[keep][by_pred], pred_idx[keep][by_pred]
+        succs = np.stack([act[e_owner], w_off[e_owner] + col_in_owner[keep][by_pred],
+                          width[e_owner], fan_in[e_owner]], axis=1)
+        n_succs = np.bincount(e_pred, minlength=n)
+        succ_start = np.concatenate([[0], np.cumsum(n_succs)[:-1]])
+        relu = np.ones(n, dtype=np.int64)
+        relu[-1] = 0
+        nodes = np.stack([width, fan_in, w_off, b_off, act, pred_start, n_preds, succ_start,
+                          n_succs, relu, col_start, np.zeros(n, np.int64)], axis=1)
+        nodes[0, 1:] = 0
+        nodes[0, 4] = 0
+        # weight-gradient tiles: columns per tile so that outputs x columns <= WG_THREADS
+        group_ids = np.array(graph.group_ids(), dtype=np.int32)
+        stat_slot = np.full(n, -1, dtype=np.int64)
+        stat_slot[[index[int(g)] for g in group_ids]] = np.arange(len(group_ids))
+        per_tile = np.clip(WG_THREADS // np.minimum(width, 64), 1, WG_XCOLS)
+        n_tiles = -(-fan_in // per_tile)
+        n_tiles[0] = 0
+        t_node = np.repeat(np.arange(n), n_tiles)
+        t_first = np.concatenate([[0], np.cumsum(n_tiles)[:-1]])
+        t_c0 = (np.arange(len(t_node)) - t_first[t_node]) * per_tile[t_node]
+        tiles = np.stack([t_node, t_c0, np.minimum(per_tile[t_node], fan_in[t_node] - t_c0),
+                          stat_slot[t_node]], axis=1)
+        starts = np.concatenate([[0, 1], 1 + np.cumsum([len(lv) for lv in levels]), [n]])
+        if max(row_stride, params.arenas()["weight"].size, len(colmap)) > MAX_INT32:
+            raise ConfigError("the network is too large for 32-bit kernel tables")
+        i32 = np.int32
+        return cls(
+            nodes=nodes.astype(i32),
+            preds=(pred_idx if len(pred_idx) else np.zeros(1, np.int64)).astype(i32),
+            succs=(succs if len(succs) else np.zeros((1, 4), np.int64)).astype(i32),
+            colmap=colmap.astype(i32),
+            level_start=np.asarray(starts, dtype=i32),
+            tiles=tiles.astype(i32),
+            group_ids=group_ids,
+            row_stride=row_stride,
+        )
+
+
+class DeviceStepResult:
+    """A step's loss, accuracy and statistics, fetched from the device on first access."""
+
+    def __init__(self, backend: CudaBackend, generation: int, batch: int) -> None:
+        self._backend = backend
+        self._generation = generation
+        self.batch = batch
+        self._loss: float | None = None
+        self._correct = 0
+        self._stats: GroupStats | None = None
+
+    def _fetch_scalars(self) -> None:
+        if self._loss is None:
+            self._check_fresh()
+            self._loss, self._correct = self._backend._read_loss()
+
+    def _check_fresh(self) -> None:
+        if self._backend._generation != self._generation:
+            raise BackendError("this step's results were overwritten by a later step; read "
+                               "them before the next step")
+
+    @property
+    def loss(self) -> float:
+        self._fetch_scalars()
+        assert self._loss is not None
+        return self._loss
+
+    @property
+    def correct(self) -> int:
+        self._fetch_scalars()
+        return self._correct
+
+    @property
+    def stats(self) -> GroupStats:
+        if self._stats is None:
+            self._check_fresh()
+            self._stats = self._backend._read_stats()
+        return self._stats
+
+
+class CudaBackend(Backend):
+    """Training steps on an NVIDIA GPU.
+
+    Args:
+        mode: ``"persistent"`` (default), ``"fused"`` or ``"graph"`` (see the module note).
+        backward: ``"pull"`` (deterministic gather, default) or ``"push"`` (atomic adds;
+            ``fused``/``graph`` modes only).
+        device: the CUDA device ordinal.
+        rows_per_block: batch rows per block in ``persistent`` mode (default: spread the
+            batch over the multiprocessors).
+
+    Raises:
+        BackendError: no usable GPU, or a kernel failed to compile (with NVRTC's log).
+    """
+
+    name = "cuda"
+
+    def __init__(self, *, mode: str = "persistent", backward: str = "pull", device: int = 0,
+                 rows_per_block: int | None = None) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
+        if backward not in BACKWARDS:
+            raise ConfigError(f"backward must be pull or push, got {backward!r}")
+        if backward == "push" and mode == "persistent":
+            raise ConfigError("push backward needs mode fused or graph (persistent pulls)")
+        from .. import driver, kernels
+
+        self.mode, self.backward = mode, backward
+        self.name = f"cuda-{mode}" + ("-push" if backward == "push" else "")
+        self._drv = driver
+        self.gpu = driver.Gpu(device)
+        self.stream = self.gpu.stream()
+        module = kernels.load(KERNEL_FILE, self.gpu)
+        self._k = {n: self.gpu.kernel(module, n) for n in (
+            "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
+            "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_scatter_input",
+            "sd_gather_output")}
+        self._n_sms = self.gpu.multiprocessors
+        self._rows_per_block = rows_per_block
+        self._bufs: dict[str, Any] = {}
+        self._tables: NetTables | None = None
+        self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
+        self._graph_exe: Any = None
+        self._structure = 0          # bumps on every rebuild of the tables
+        self._layout: tuple[int, int] | None = None  # (id(params), layout_version) mirrored
+        self._arena_sizes: tuple[int, int] = (0, 0)
+        self._act_capacity = 0       # floats in each activation arena
+        self._batch_capacity = 0
+        self._hyper: tuple[float, float, float] | None = None
+        self._batch_key: tuple[np.ndarray, np.ndarray] | None = None
+        self._generation = 0
+        self._params: ParamStore | None = None
+        self._configs: dict[tuple[Any, ...], Any] = {}
+        self._last_batch = 0
+        self._graph_n: tuple[Any, ...] = ()
+
+    # ------------------------------------------------------------------ Backend API
+    def step(
+        self, graph: NetworkGraph, params: ParamStore, x: np.ndarray, y: np.ndarray, *,
+        lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+    ) -> DeviceStepResult:
+        batch = self._prepare(graph, params, x, y)
+        self._set_hyper(lr, momentum, weight_decay)
+        if self.mode == "persistent":
+            self._launch_persistent(batch, forward_only=False)
+        elif self.mode == "fused":
+            self._launch_levels(self.stream, batch)
+        else:
+            self._launch_graph(batch)
+        self._generation += 1
+        return DeviceStepResult(self, self._generation, batch)
+
+    def predict(self, graph: NetworkGraph, params: ParamStore, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != graph.n_inputs:
+            raise DataError(f"expected inputs of shape (n, {graph.n_inputs}), got {x.shape}")
+        batch = self._prepare(graph, params, x, None)
+        self._launch_persistent(batch, forward_only=True)
+        t = self._tables
+        assert t is not None
+        out = self._buf("logits", batch * graph.n_classes * 4)
+        out_node = t.nodes[-1]
+        self._launch(self._k["sd_gather_output"], (math.ceil(batch * graph.n_classes / 256),),
+                     (256,), 0, self._b("act"), out, np.int32(out_node[4]),
+                     np.int32(graph.n_classes), np.int32(batch), np.int32(t.row_stride))
+        logits = np.empty((batch, graph.n_classes), np.float32)
+        self.gpu.download_range(out, 0, logits, stream=self.stream)
+        self._generation += 1
+        return logits
+
+    def on_mutation(self, graph: NetworkGraph, params: ParamStore, report: MutationReport
+                    ) -> None:
+        self._rebuild(graph, params)
+        if self._layout == (id(params), params.layout_version) and self._arena_sizes == (
+                params.arenas()["weight"].size, params.arenas()["bias"].size):
+            for op in report.param_ops:
+                if op.kind == "alloc" and op.dst in params:
+                    self._upload_slot(params, op.dst)
+        else:
+            self._upload_params(params)
+
+    def sync_params(self, params: ParamStore) -> None:
+        if self._params is not params or self._layout is None:
+            return
+        for kind, arr in params.arenas().items():
+            self.gpu.download_range(self._b(kind), 0, arr, stream=self.stream)
+
+    def memory_report(self) -> dict[str, int]:
+        """Device bytes held, by buffer, and ``needed``: what the step truly uses."""
+        held = {k: int(v.size) for k, v in self._bufs.items()}
+        t, p = self._tables, self._params
+        need = 0
+        if t is not None and p is not None:
+            n_w = sum(p.slot(n).w_size for n in p.nodes())
+            n_b = sum(p.slot(n).rows for n in p.nodes())
+            need = 4 * (2 * (n_w + n_b) + 3 * self._last_batch * t.row_stride)
+        return {**held, "total": sum(held.values()), "needed": need}
+
+    # ------------------------------------------------------------------ preparation
+    def _prepare(self, graph: NetworkGraph, params: ParamStore, x: np.ndarray,
+                 y: np.ndarray | None) -> int:
+        if params.dtype != np.dtype(np.float32):
+            raise ConfigError(f"the cuda backend trains float32 parameters, got {params.dtype}")
+        if self._tables is None or self._params is not params or self._graph_n != (
+                graph.next_id, len(graph), graph.output.preds):
+            self._rebuild(graph, params)
+        if self._layout != (id(params), params.layout_version):
+            self._upload_params(params)
+        if x.ndim != 2 or x.shape[1] != graph.n_inputs:
+            raise DataError(f"expected inputs of shape (batch, {graph.n_inputs}), got {x.shape}")
+        batch = int(x.shape[0])
+        if batch < 1:
+            raise DataError("empty batch")
+        if y is not None and y.shape != (batch,):
+            raise DataError(f"expected {batch} labels, got shape {y.shape}")
+        self._ensure_batch(batch)
+        self._last_batch = batch
+        key = self._batch_key
+        if y is None or key is None or not (key[0].shape == x.shape and np.array_equal(key[0], x)
+                                            and np.array_equal(key[1], y)):
+            self._upload_batch(np.ascontiguousarray(x, dtype=np.float32), y)
+            self._batch_key = None if y is None else (x.copy(), y.copy())
+        return batch
+
+    def _rebuild(self, graph: NetworkGraph, params: ParamStore) -> None:
+        self._tables = t = NetTables.build(graph, params)
+        self._graph_n = (graph.next_id, len(graph), graph.output.preds)
+        self._structure += 1
+        for name in ("nodes", "preds", "succs", "colmap", "level_start", "tiles"):
+            self._put(name, getattr(t, name))
+        self._buf("grad_std", 4 * max(len(t.group_ids), 1))
+        self._buf("act_mean", 4 * max(len(t.group_ids), 1))
+        self._batch_key = None  # the input columns move with the row stride
+        if self._batch_capacity:
+            self._ensure_batch(self._batch_capacity)
+
+    def _upload_params(self, params: ParamStore) -> None:
+        for kind, arr in params.arenas().items():
+            buf = self._buf(kind, arr.nbytes, exact=True)
+            self.gpu.upload_range(buf, 0, arr, stream=self.stream)
+        self._params = params
+        self._layout = (id(params), params.layout_version)
+        self._arena_sizes = (params.arenas()["weight"].size, params.arenas()["bias"].size)
+
+    def _upload_slot(self, params: ParamStore, node: int) -> None:
+        s = params.slot(node)
+        arenas = params.arenas()
+        for kind in ("weight", "weight_mom"):
+            self.gpu.upload_range(self._b(kind), 4 * s.w_off,
+                                  arenas[kind][s.w_off : s.w_off + s.w_size], stream=self.stream)
+        for kind in ("bias", "bias_mom"):
+            self.gpu.upload_range(self._b(kind), 4 * s.b_off,
+                                  arenas[kind][s.b_off : s.b_off + s.rows], stream=self.stream)
+
+    def _ensure_batch(self, batch: int) -> None:
+        t = self._tables
+        assert t is not None
+        need = batch * t.row_stride
+        if need > self._act_capacity or batch > self._batch_capacity:
+            cap = max(need, int(self._act_capacity * 1.25))
+            for name in ("act", "dh", "dz"):
+                self._buf(name, 4 * cap, exact=True)
+            self._act_capacity = cap
+            bcap = max(batch, self._batch_capacity)
+            self._buf("labels", 4 * bcap, exact=True)
+            self._buf("loss_rows", 4 * bcap, exact=True)
+            self._buf("correct_rows", 4 * bcap, exact=True)
+            self._buf("x", 4 * bcap * int(t.nodes[0][0]), exact=True)
+            self._batch_capacity = bcap
+            self._graph_exe = None
+        if "x" not in self._bufs or self._bufs["x"].size < 4 * batch * int(t.nodes[0][0]):
+            self._buf("x", 4 * self._batch_capacity * int(t.nodes[0][0]), exact=True)
+        self._buf("loss", 4)
+        self._buf("correct", 4)
+        self._buf("hyper", 16)
+
+    def _upload_batch(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        t = self._tables
+        assert t is not None
+        batch, n_in = x.shape
+        self.gpu.upload_range(self._b("x"), 0, x, stream=self.stream)
+        self._launch(self._k["sd_scatter_input"], (math.ceil(batch * n_in / 256),), (256,), 0,
+                     self._b("x"), self._b("act"), np.int32(batch), np.int32(n_in),
+                     np.int32(t.row_stride))
+        if y is not None:
+            if y.min(initial=0) < 0 or y.max(initial=0) >= int(t.nodes[-1][0]):
+                raise DataError(f"labels must be in [0, {int(t.nodes[-1][0])}), got "
+                                f"[{y.min()}, {y.max()}]")
+            self.gpu.upload_range(self._b("labels"), 0, y.astype(np.int32), stream=self.stream)
+
+    def _set_hyper(self, lr: float, momentum: float, weight_decay: float) -> None:
+        h = (float(lr), float(momentum), float(weight_decay))
+        if h != self._hyper:
+            self.gpu.upload_range(self._b("hyper"), 0,
+                                  np.array([*h, 0.0], dtype=np.float32), stream=self.stream)
+            self._hyper = h
+
+    # ------------------------------------------------------------------ launches
+    def _cfg(self, grid: tuple[int, ...], block: tuple[int, ...], shmem: int = 0) -> Any:
+        key = (grid, block, shmem)
+        cfg = self._configs.get(key)
+        if cfg is None:
+            cfg = self._configs[key] = self._drv.launch_config(grid, block, shmem)
+        return cfg
+
+    def _launch(self, kernel: Any, grid: tuple[int, ...], block: tuple[int, ...], shmem: int,
+                *args: Any, stream: Any = None) -> None:
+        self._drv.launch(stream if stream is not None else self.stream,
+                         self._cfg(grid, block, shmem), kernel, args)
+
+    def _launch_persistent(self, batch: int, *, forward_only: bool) -> None:
+        t = self._tables
+        assert t is not None
+        rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
+        classes = int(t.nodes[-1][0])
+        shmem = (STEP_THREADS // 32) * rows * classes * 4
+        split = shmem <= 48 * 1024
+        self._launch(
+            self._k["sd_step_rows"], (math.ceil(batch / rows),), (STEP_THREADS,),
+            shmem if split else 0,
+            self._b("nodes"), self._b("preds"), self._b("colmap"), self._b("succs"),
+            self._b("level_start"), np.int32(t.n_levels),
+            self._b("weight"), self._b("bias"),
+            self._b("act"), self._b("dh"), self._b("dz"), self._b("labels"),
+            self._b("loss_rows"), self._b("correct_rows"), np.int32(batch),
+            np.int32(t.row_stride), np.int32(rows), np.int32(split), np.int32(forward_only))
+        if not forward_only:
+            self._launch_update(self.stream, batch)
+
+    def _launch_update(self, stream: Any, batch: int) -> None:
+        t = self._tables
+        assert t is not None
+        self._launch(self._k["sd_wgrad_update"], (len(t.tiles),), (WG_THREADS,), 0,
+            self._b("nodes"), self._b("tiles"), self._b("colmap"), self._b("weight"),
+            self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
+            self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
+            np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"), stream=stream)
+        self._launch(self._k["sd_reduce_loss"], (1,), (256,), 0,
+            self._b("loss_rows"), self._b("correct_rows"), np.int32(batch), self._b("loss"),
+            self._b("correct"), stream=stream)
+
+    def _launch_levels(self, stream: Any, batch: int) -> None:
+        """The ``fused`` sequence: one grouped launch per level and phase."""
+        t = self._tables
+        assert t is not None
+        common = (np.int32(batch), np.int32(t.row_stride))
+        starts = t.level_start.tolist()
+        fwd_rows, bwd_rows = math.ceil(batch / FWD_ROWS), math.ceil(batch / BWD_ROWS)
+        for lv in range(1, t.n_levels):
+            s, n = starts[lv], starts[lv + 1] - starts[lv]
+            self._launch(self._k["sd_forward"], (n, fwd_rows), (LEVEL_THREADS,), 0,
+                self._b("nodes"), self._b("colmap"), np.int32(s),
+                self._b("weight"), self._b("bias"), self._b("act"), *common, stream=stream)
+        out = t.n_levels - 1
+        self._launch(self._k["sd_softmax_xent"], (math.ceil(batch / 128),), (128,), 0,
+                     self._b("nodes"), np.int32(starts[out]), self._b("act"), self._b("dh"),
+                     self._b("dz"), self._b("labels"), self._b("loss_rows"),
+                     self._b("correct_rows"), *common, stream=stream)
+        if self.backward == "pull":
+            for lv in range(out - 1, 0, -1):
+                s, n = starts[lv], starts[lv + 1] - starts[lv]
+                self._launch(self._k["sd_backward_pull"], (n, bwd_rows), (LEVEL_THREADS,), 0,
+                    self._b("nodes"), self._b("succs"), np.int32(s),
+                    self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"), *common,
+                    stream=stream)
+        else:
+            self.gpu.memset(self._b("dh"), 0, nbytes=4 * batch * t.row_stride, stream=stream)
+            for lv in range(out, 0, -1):
+                s, n = starts[lv], starts[lv + 1] - starts[lv]
+                self._launch(self._k["sd_backward_push"], (n, bwd_rows), (LEVEL_THREADS,), 0,
+                    self._b("nodes"), self._b("colmap"), np.int32(s),
+                    self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"), *common,
+                    stream=stream)
+        self._launch_update(stream, batch)
+
+    def _launch_graph(self, batch: int) -> None:
+        key = (self._structure, batch)
+        if self._graph_exe is None or self._graph_key != key:
+            builder = self._drv.begin_capture(self.stream)
+            self._launch_levels(builder, batch)
+            self._graph_exe = self._drv.end_capture(builder, self.stream)
+            self._graph_key = key
+        self._drv.graph_launch(self._graph_exe, self.stream)
+
+    # ------------------------------------------------------------------ reading back
+    def _read_loss(self) -> tuple[float, int]:
+        loss = np.empty(1, np.float32)
+        correct = np.empty(1, np.int32)
+        self.gpu.download_range(self._b("loss"), 0, loss, stream=self.stream)
+        self.gpu.download_range(self._b("correct"), 0, correct, stream=self.stream)
+        return float(loss[0]), int(correct[0])
+
+    def _read_stats(self) -> GroupStats:
+        t = self._tables
+        assert t is not None
+        n = len(t.group_ids)
+        std = np.empty(n, np.float32)
+        act = np.empty(n, np.float32)
+        self.gpu.download_range(self._b("grad_std"), 0, std, stream=self.stream)
+        self.gpu.download_range(self._b("act_mean"), 0, act, stream=self.stream)
+        return GroupStats(t.group_ids.astype(np.int64), std.astype(np.float64),
+                          act.astype(np.float64))
+
+    # ------------------------------------------------------------------ buffers
+    def _b(self, name: str) -> Any:
+        return self._bufs[name]
+
+    def _buf(self, name: str, nbytes: int, *, exact: bool = False) -> Any:
+        """The device buffer ``name`` of at least ``nbytes`` (exactly, if ``exact``)."""
+        nbytes = max(int(nbytes), 4)
+        old = self._bufs.get(name)
+        if old is not None and (old.size == nbytes or (not exact and old.size >= nbytes)):
+            return old
+        self.stream.sync()
+        if old is not None:
+            del self._bufs[name]
+            old.close()
+        try:
+            self._bufs[name] = buf = self.gpu.alloc(nbytes, stream=self.stream)
+        except DeviceMemoryError as exc:
+            held = sum(b.size for b in self._bufs.values())
+            raise DeviceMemoryError(
+                f"the network needs {nbytes / 2**20:.1f} MiB more for {name!r} on "
+                f"{self.gpu.name} ({held / 2**20:.1f} MiB already held; "
+                f"{self.gpu.memory_info()[0] / 2**20:.1f} MiB free)") from exc
+        self._graph_exe = None  # captured graphs hold raw pointers
+        return buf
+
+    def _put(self, name: str, array: np.ndarray) -> None:
+        a = np.ascontiguousarray(array)
+        buf = self._buf(name, a.nbytes)
+        self.gpu.upload_range(buf, 0, a, stream=self.stream)

@@ -1,0 +1,418 @@
+// network.cu — the training step of a generalized network (streamdag.backends.cuda).
+//
+// Math (must match streamdag/backends/reference.py):
+//   forward   z_g = W_g · concat(h_p, p in P(g)) + b_g,  h_g = ReLU(z_g) (output: no ReLU)
+//   loss      mean softmax cross-entropy                         (softmax_xent_ref)
+//   backward  dh_g = Σ_s dz_s · W_s[:, cols(g)],  dz_g = dh_g ⊙ [h_g > 0]  (backward in ref)
+//   update    v ← μ v + (dW + λ W),  W ← W − η v;  b likewise without λ  (sgd_momentum_ref)
+//   stats     std(dh_g) and mean(h_g) over batch × neurons          (group_stats_ref)
+//
+// Layout. Node tables are built by streamdag/backends/cuda.py. Node 0 is the input, the last
+// node is the output; groups sit in between in topological-level order. Activations, dh and
+// dz are one arena each, row-major over the batch: element (b, o) of node n lives at
+// [b * row_stride + node.act + o], so a batch row of the whole network is contiguous and the
+// tables do not depend on the batch size. Weights are the ParamStore arenas: W_n is the
+// row-major (width × fan_in) block at weight[node.w_off]; biases at bias[node.b_off].
+//
+// Nodes are stored level by level, so a level is the index range [level_start[l],
+// level_start[l+1]). Kernels (launch shapes in brackets; "slice" = nodes start..start+count):
+//   sd_forward        [grid (count, ceil(B/FWD_ROWS)), block 128]  forward of a slice
+//   sd_softmax_xent   [grid ceil(B/128), block 128]             loss rows, dz of the output
+//   sd_backward_pull  [grid (count, ceil(B/BWD_ROWS)), block 128] dh, dz of a slice (gather)
+//   sd_backward_push  [same]   dz of a slice from its complete dh, then atomicAdd dz·W into
+//                              the predecessors' dh (dh must be zeroed first)
+//   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
+//   sd_reduce_loss    [grid 1, block 256]               mean loss and correct count
+//   sd_scatter_input / sd_gather_output  [1-D, block 256]  batch in, logits out
+//   sd_step_rows      [grid ceil(B/rows), block 1024, dyn smem]  forward + loss + pull
+//                     backward of the whole DAG for a slice of batch rows, in one launch:
+//                     rows are independent until the weight gradient, so blocks never wait
+//                     on each other; levels are separated by __syncthreads only.
+// Every kernel serves widths 1..1024, any fan-in (ragged, through the tables) and any batch.
+
+#define SD_FWD_ROWS 8
+#define SD_BWD_ROWS 8
+#define SD_WG_THREADS 256
+#define SD_WG_ROWCHUNK 32
+
+struct Node {
+  int width, fan_in, w_off, b_off;
+  int act, pred_start, n_preds, succ_start;
+  int n_succs, relu, col_start, pad;
+};
+
+// ---------------------------------------------------------------- per-item device functions
+
+// Both inner loops are latency-bound (a few dozen loads per item): they gather 8 columns'
+// addresses first, then 8 values, then 8 FMAs into two accumulators, so the loads of a chunk
+// are in flight together instead of one round trip each.
+#define SD_CHUNK 8
+
+// h (or z, for the output) of node nd at one batch row, output o. colmap gives, per input
+// column, its offset within a batch row; weights are read-only for the whole kernel.
+__device__ __forceinline__ float sd_fwd_one(const int* __restrict__ colmap,
+                                            const float* __restrict__ weight,
+                                            const float* __restrict__ bias,
+                                            const float* act_row, const Node& nd, int o) {
+  const float* w = weight + nd.w_off + (long long)o * nd.fan_in;
+  const int* cm = colmap + nd.col_start;
+  float acc0 = 0.f, acc1 = 0.f;
+  int c = 0;
+  for (; c + SD_CHUNK <= nd.fan_in; c += SD_CHUNK) {
+    int idx[SD_CHUNK];
+    float xv[SD_CHUNK], wv[SD_CHUNK];
+#pragma unroll
+    for (int j = 0; j < SD_CHUNK; ++j) idx[j] = __ldg(cm + c + j);
+#pragma unroll
+    for (int j = 0; j < SD_CHUNK; ++j) { wv[j] = __ldg(w + c + j); xv[j] = act_row[idx[j]]; }
+#pragma unroll
+    for (int j = 0; j < SD_CHUNK; j += 2) {
+      acc0 = fmaf(wv[j], xv[j], acc0);
+      acc1 = fmaf(wv[j + 1], xv[j + 1], acc1);
+    }
+  }
+  for (; c < nd.fan_in; ++c) acc0 = fmaf(__ldg(w + c), act_row[__ldg(cm + c)], acc0);
+  const float z = __ldg(bias + nd.b_off + o) + (acc0 + acc1);
+  return nd.relu ? fmaxf(z, 0.f) : z;
+}
+
+// dh of node nd at one batch row, neuron k: gathered from its successors' dz. A successor
+// record is (its activation offset in a row, weight offset of nd's first column in it, its
+// width, its fan-in).
+__device__ __forceinline__ float sd_pull_one(const int4* __restrict__ succs,
+                                             const float* __restrict__ weight,
+                                             const float* dz_row, const Node& nd, int k) {
+  float acc0 = 0.f, acc1 = 0.f;
+  for (int i = 0; i < nd.n_succs; ++i) {
+    const int4 sc = __ldg(succs + nd.succ_start + i);
+    const float* d = dz_row + sc.x;
+    const float* w = weight + sc.y + k;
+    int o = 0;
+    for (; o + SD_CHUNK <= sc.z; o += SD_CHUNK) {
+      float dv[SD_CHUNK], wv[SD_CHUNK];
+#pragma unroll
+      for (int j = 0; j < SD_CHUNK; ++j) {
+        dv[j] = d[o + j];
+        wv[j] = __ldg(w + (long long)(o + j) * sc.w);
+      }
+#pragma unroll
+      for (int j = 0; j < SD_CHUNK; j += 2) {
+        acc0 = fmaf(dv[j], wv[j], acc0);
+        acc1 = fmaf(dv[j + 1], wv[j + 1], acc1);
+      }
+    }
+    for (; o < sc.z; ++o) acc0 = fmaf(d[o], __ldg(w + (long long)o * sc.w), acc0);
+  }
+  return acc0 + acc1;
+}
+
+// ---------------------------------------------------------------- level-sliced kernels
+
+extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int* __restrict__ colmap,
+                                      int start,
+                                      const float* __restrict__ weight,
+                                      const float* __restrict__ bias, float* act, int batch,
+                                      int row_stride) {
+  const Node nd = nodes[start + blockIdx.x];
+  const int b0 = blockIdx.y * SD_FWD_ROWS;
+  const int items = SD_FWD_ROWS * nd.width;
+  for (int it = threadIdx.x; it < items; it += blockDim.x) {
+    const int b = b0 + it / nd.width, o = it % nd.width;
+    if (b >= batch) break;
+    float* row = act + (long long)b * row_stride;
+    row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
+  }
+}
+
+// Softmax cross-entropy of the output node; writes loss/correct per row and dz (= dh) of the
+// output: (softmax − onehot) / batch.
+__device__ __forceinline__ void sd_softmax_row(const Node& out, const float* act_row,
+                                               float* dh_row, float* dz_row, int label,
+                                               int batch, float* loss_row, int* correct_row) {
+  const float* z = act_row + out.act;
+  float m = z[0];
+  int arg = 0;
+  for (int c = 1; c < out.width; ++c)
+    if (z[c] > m) { m = z[c]; arg = c; }
+  float s = 0.f;
+  for (int c = 0; c < out.width; ++c) s += __expf(z[c] - m);
+  const float inv = 1.f / s, scale = 1.f / (float)batch;
+  *loss_row = __logf(s) - (z[label] - m);
+  *correct_row = arg == label;
+  for (int c = 0; c < out.width; ++c) {
+    const float g = (__expf(z[c] - m) * inv - (c == label ? 1.f : 0.f)) * scale;
+    dh_row[out.act + c] = g;
+    dz_row[out.act + c] = g;
+  }
+}
+
+extern "C" __global__ void sd_softmax_xent(const Node* __restrict__ nodes, int out_node,
+                                           const float* act, float* dh, float* dz,
+                                           const int* __restrict__ labels, float* loss_rows,
+                                           int* correct_rows, int batch, int row_stride) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const long long r = (long long)b * row_stride;
+  sd_softmax_row(nodes[out_node], act + r, dh + r, dz + r, labels[b], batch, loss_rows + b,
+                 correct_rows + b);
+}
+
+extern "C" __global__ void sd_backward_pull(const Node* __restrict__ nodes,
+                                            const int4* __restrict__ succs,
+                                            int start,
+                                            const float* __restrict__ weight, const float* act,
+                                            float* dh, float* dz, int batch, int row_stride) {
+  const Node nd = nodes[start + blockIdx.x];
+  const int b0 = blockIdx.y * SD_BWD_ROWS;
+  const int items = SD_BWD_ROWS * nd.width;
+  for (int it = threadIdx.x; it < items; it += blockDim.x) {
+    const int b = b0 + it / nd.width, k = it % nd.width;
+    if (b >= batch) break;
+    const long long r = (long long)b * row_stride;
+    const float g = sd_pull_one(succs, weight, dz + r, nd, k);
+    dh[r + nd.act + k] = g;
+    dz[r + nd.act + k] = act[r + nd.act + k] > 0.f ? g : 0.f;
+  }
+}
+
+// Push: dh of the slice is complete (all successors pushed). dz = dh ⊙ mask (the output's
+// dz is already set), then every predecessor group receives dz · W[:, its columns].
+extern "C" __global__ void sd_backward_push(const Node* __restrict__ nodes,
+                                            const int* __restrict__ colmap,
+                                            int start,
+                                            const float* __restrict__ weight, const float* act,
+                                            float* dh, float* dz, int batch, int row_stride) {
+  const Node nd = nodes[start + blockIdx.x];
+  const int n_input = nodes[0].width;  // columns [0, n_input) of a row are the network input
+  const int b0 = blockIdx.y * SD_BWD_ROWS;
+  const int nb = min(SD_BWD_ROWS, batch - b0);
+  if (nd.relu) {
+    for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+      const long long i = (long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width;
+      dz[i] = act[i] > 0.f ? dh[i] : 0.f;
+    }
+    __syncthreads();
+  }
+  for (int it = threadIdx.x; it < nb * nd.fan_in; it += blockDim.x) {
+    const int b = b0 + it / nd.fan_in, c = it % nd.fan_in;
+    const int target = colmap[nd.col_start + c];  // where input column c lives in a row
+    if (target < n_input) continue;               // the network input needs no gradient
+    const long long r = (long long)b * row_stride;
+    const float* w = weight + nd.w_off + c;
+    const float* d = dz + r + nd.act;
+    float acc = 0.f;
+    for (int o = 0; o < nd.width; ++o) acc = fmaf(d[o], w[(long long)o * nd.fan_in], acc);
+    atomicAdd(dh + r + target, acc);
+  }
+}
+
+// ---------------------------------------------------------------- batch in, logits out
+
+// x is (batch × n_input) row-major; it becomes columns [0, n_input) of each activation row.
+extern "C" __global__ void sd_scatter_input(const float* __restrict__ x, float* act, int batch,
+                                            int n_input, int row_stride) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < (long long)batch * n_input)
+    act[(i / n_input) * row_stride + i % n_input] = x[i];
+}
+
+// The output node's activations (at column out_act of each row) as a (batch × classes) array.
+extern "C" __global__ void sd_gather_output(const float* act, float* out, int out_act,
+                                            int classes, int batch, int row_stride) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < (long long)batch * classes)
+    out[i] = act[(i / classes) * row_stride + out_act + i % classes];
+}
+
+// ---------------------------------------------------------------- weight gradient + update
+
+// One tile = (node, first column c0, columns tc, stats slot): dW[o][c0..c0+tc) for every
+// output o, then the SGD step on those weights. The tile with c0 == 0 also does the bias and
+// (for groups, stats slot >= 0) the statistics. Rows are streamed through shared memory in
+// chunks of SD_WG_ROWCHUNK: x (gathered through colmap), dz, and for the first tile dh and h.
+// Host guarantees tc <= SD_WG_XCOLS and min(width, 64) * tc <= SD_WG_THREADS.
+#define SD_WG_XCOLS 128
+extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
+    const Node* __restrict__ nodes, const int4* __restrict__ tiles,
+    const int* __restrict__ colmap, float* weight, float* bias, float* weight_mom,
+    float* bias_mom, const float* act, const float* dh, const float* dz,
+    const float* __restrict__ hyper, int batch, int row_stride, float* grad_std,
+    float* act_mean) {
+  __shared__ float xs[SD_WG_ROWCHUNK][SD_WG_XCOLS];
+  __shared__ float ds[SD_WG_ROWCHUNK][64];
+  __shared__ float gs[SD_WG_ROWCHUNK][64];  // dh (first tile only)
+  __shared__ float hs[SD_WG_ROWCHUNK][64];  // h  (first tile only)
+  __shared__ double red[3][SD_WG_THREADS];
+  const int4 t = tiles[blockIdx.x];
+  const Node nd = nodes[t.x];
+  const float lr = hyper[0], mu = hyper[1], wd = hyper[2];
+  const int tc = t.z, wdt = nd.width;
+  const bool first = t.y == 0, stats = first && t.w >= 0;
+  double s = 0.0, s2 = 0.0, a = 0.0;
+  for (int o0 = 0; o0 < wdt; o0 += 64) {
+    const int no = min(64, wdt - o0);
+    const int items = no * tc;
+    const int oo = threadIdx.x / tc, cc = threadIdx.x % tc;
+    float acc = 0.f, db = 0.f;
+    for (int b0 = 0; b0 < batch; b0 += SD_WG_ROWCHUNK) {
+      const int nb = min(SD_WG_ROWCHUNK, batch - b0);
+      __syncthreads();
+      for (int i = threadIdx.x; i < nb * tc; i += blockDim.x) {
+        const int r = i / tc, c = i % tc;
+        xs[r][c] = act[(long long)(b0 + r) * row_stride + __ldg(colmap + nd.col_start + t.y + c)];
+      }
+      for (int i = threadIdx.x; i < nb * no; i += blockDim.x) {
+        const int r = i / no, o = i % no;
+        const long long j = (long long)(b0 + r) * row_stride + nd.act + o0 + o;
+        ds[r][o] = dz[j];
+        if (stats) { gs[r][o] = dh[j]; hs[r][o] = act[j]; }
+      }
+      __syncthreads();
+      if (threadIdx.x < items) {
+#pragma unroll 8
+        for (int r = 0; r < nb; ++r) acc = fmaf(ds[r][oo], xs[r][cc], acc);
+      }
+      if (first && threadIdx.x < no)
+        for (int r = 0; r < nb; ++r) db += ds[r][threadIdx.x];
+      if (stats)
+        for (int i = threadIdx.x; i < nb * no; i += blockDim.x) {
+          const double g = gs[i / no][i % no];
+          s += g;
+          s2 += g * g;
+          a += hs[i / no][i % no];
+        }
+    }
+    if (threadIdx.x < items) {
+      const long long wi = nd.w_off + (long long)(o0 + oo) * nd.fan_in + t.y + cc;
+      const float w = weight[wi];
+      const float v = mu * weight_mom[wi] + (acc + wd * w);
+      weight_mom[wi] = v;
+      weight[wi] = w - lr * v;
+    }
+    if (first && threadIdx.x < no) {
+      const int bi = nd.b_off + o0 + threadIdx.x;
+      const float v = mu * bias_mom[bi] + db;
+      bias_mom[bi] = v;
+      bias[bi] = bias[bi] - lr * v;
+    }
+  }
+  if (!stats) return;
+  // std of dh and mean of h over batch x width (float64, fixed-order tree reduction)
+  red[0][threadIdx.x] = s;
+  red[1][threadIdx.x] = s2;
+  red[2][threadIdx.x] = a;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w)
+      for (int k = 0; k < 3; ++k) red[k][threadIdx.x] += red[k][threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double n = (double)batch * wdt, m = red[0][0] / n;
+    grad_std[t.w] = (float)sqrt(fmax(red[1][0] / n - m * m, 0.0));
+    act_mean[t.w] = (float)(red[2][0] / n);
+  }
+}
+
+extern "C" __global__ void sd_reduce_loss(const float* loss_rows, const int* correct_rows,
+                                          int batch, float* out_loss, int* out_correct) {
+  __shared__ double ls[256];
+  __shared__ int cs[256];
+  double l = 0.0;
+  int c = 0;
+  for (int b = threadIdx.x; b < batch; b += 256) { l += loss_rows[b]; c += correct_rows[b]; }
+  ls[threadIdx.x] = l;
+  cs[threadIdx.x] = c;
+  __syncthreads();
+  for (int w = 128; w > 0; w >>= 1) {
+    if (threadIdx.x < w) { ls[threadIdx.x] += ls[threadIdx.x + w]; cs[threadIdx.x] += cs[threadIdx.x + w]; }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) { *out_loss = (float)(ls[0] / batch); *out_correct = cs[0]; }
+}
+
+// ---------------------------------------------------------------- the whole DAG per row slice
+
+// Forward (levels 1..n_levels-1, the last level being the output), softmax, and pull backward
+// (levels n_levels-1 .. 1) for batch rows [blockIdx.x*rows, +rows). One warp per (node, row)
+// task, lanes over outputs. The output level splits its fan-in over all warps and reduces in
+// shared memory (dynamic smem: warps × rows × classes floats) when it fits, since its fan-in
+// (every sink group) is much larger than a group's. forward_only skips loss and backward.
+extern "C" __global__ void __launch_bounds__(1024) sd_step_rows(
+                                        const Node* __restrict__ nodes,
+                                        const int* __restrict__ preds,
+                                        const int* __restrict__ colmap,
+                                        const int4* __restrict__ succs,
+                                        const int* __restrict__ level_start, int n_levels,
+                                        const float* __restrict__ weight,
+                                        const float* __restrict__ bias, float* act, float* dh,
+                                        float* dz, const int* __restrict__ labels,
+                                        float* loss_rows, int* correct_rows, int batch,
+                                        int row_stride, int rows, int split_output,
+                                        int forward_only) {
+  extern __shared__ float part[];  // [warps][rows][classes]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int b0 = blockIdx.x * rows;
+  const int nb = min(rows, batch - b0);
+  if (nb <= 0) return;
+  const int out_level = n_levels - 1;
+  for (int lv = 1; lv < n_levels; ++lv) {
+    const int s = level_start[lv], n = level_start[lv + 1] - s;
+    if (lv == out_level && split_output) {
+      const Node nd = nodes[s];
+      for (int i = threadIdx.x; i < nwarps * rows * nd.width; i += blockDim.x) part[i] = 0.f;
+      __syncthreads();
+      float* mine = part + warp * rows * nd.width;
+      int col = 0;
+      for (int i = 0; i < nd.n_preds; ++i) {
+        const Node p = nodes[preds[nd.pred_start + i]];
+        if (i % nwarps == warp) {
+          for (int it = lane; it < nb * nd.width; it += 32) {
+            const int r = it / nd.width, o = it % nd.width;
+            const float* x = act + (long long)(b0 + r) * row_stride + p.act;
+            const float* w = weight + nd.w_off + (long long)o * nd.fan_in + col;
+            float acc = 0.f;
+            for (int k = 0; k < p.width; ++k) acc = fmaf(w[k], x[k], acc);
+            mine[it] += acc;
+          }
+        }
+        col += p.width;
+      }
+      __syncthreads();
+      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+        float acc = bias[nd.b_off + it % nd.width];
+        for (int w = 0; w < nwarps; ++w) acc += part[w * rows * nd.width + it];
+        act[(long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width] = acc;
+      }
+    } else {
+      for (int task = warp; task < n * nb; task += nwarps) {
+        const Node nd = nodes[s + task / nb];
+        float* row = act + (long long)(b0 + task % nb) * row_stride;
+        for (int o = lane; o < nd.width; o += 32)
+          row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
+      }
+    }
+    __syncthreads();
+  }
+  if (forward_only) return;
+  const Node out = nodes[level_start[out_level]];
+  for (int r = threadIdx.x; r < nb; r += blockDim.x) {
+    const long long o = (long long)(b0 + r) * row_stride;
+    sd_softmax_row(out, act + o, dh + o, dz + o, labels[b0 + r], batch, loss_rows + b0 + r,
+                   correct_rows + b0 + r);
+  }
+  __syncthreads();
+  for (int lv = out_level - 1; lv >= 1; --lv) {
+    const int s = level_start[lv], n = level_start[lv + 1] - s;
+    for (int task = warp; task < n * nb; task += nwarps) {
+      const Node nd = nodes[s + task / nb];
+      const long long r = (long long)(b0 + task % nb) * row_stride;
+      for (int k = lane; k < nd.width; k += 32) {
+        const float g = sd_pull_one(succs, weight, dz + r, nd, k);
+        dh[r + nd.act + k] = g;
+        dz[r + nd.act + k] = act[r + nd.act + k] > 0.f ? g : 0.f;
+      }
+    }
+    __syncthreads();
+  }
+}

@@ -1,0 +1,92 @@
+"""Quick look at the CUDA backend on dag-bench presets: step time per mode, mutation cost,
+device memory. Not the benchmark (``streamdag bench`` is); a development probe.
+
+    python tools/cuda_quick.py S M L
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from streamdag.backends.cuda import CudaBackend
+from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
+from streamdag.mutation import apply_mutations
+
+
+def phases(b: CudaBackend, g, p, x, y, reps: int = 20) -> str:
+    """Median ms of each phase of a persistent step, timed with CUDA events (a probe: it
+    calls the backend's internals and trains the copy it is given)."""
+    from streamdag import driver
+
+    _ = b.step(g, p, x, y, lr=0.01).loss
+    batch = len(y)
+    out = {}
+    for name, fn in [("fwd", lambda: b._launch_persistent(batch, forward_only=True)),
+                     ("fwd+bwd+update", lambda: b._launch_persistent(batch, forward_only=False)),
+                     ("update", lambda: b._launch_update(b.stream, batch))]:
+        ts = []
+        for _ in range(reps):
+            e0, e1 = b.gpu.event(timing=True), b.gpu.event(timing=True)
+            driver.record(b.stream, e0)
+            fn()
+            driver.record(b.stream, e1)
+            ts.append(driver.elapsed_ms(e0, e1))
+        out[name] = float(np.median(ts))
+    return ", ".join(f"{k} {v:.3f} ms" for k, v in out.items())
+
+
+def main(presets: list[str]) -> None:
+    for preset in presets:
+        work = build_workload(resolve_spec(preset))
+        print(f"== {preset}: {len(work.graph)} groups, {work.n_levels} levels, "
+              f"batch {len(work.y)}", flush=True)
+        ref = None
+        for mode, bwd, rows in [("persistent", "pull", None), ("persistent", "pull", 1),
+                                ("persistent", "pull", 4), ("graph", "pull", None),
+                                ("graph", "push", None), ("fused", "pull", None)]:
+            g, p = work.graph.copy(), work.params.copy()
+            b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows)
+            losses = [b.step(g, p, work.x, work.y, lr=0.01).loss for _ in range(3)]
+            if ref is None:
+                ref = losses
+            n = 30 if preset != "L" else 10
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = b.step(g, p, work.x, work.y, lr=0.01)
+                _ = r.loss  # synchronise
+                times.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                r = b.step(g, p, work.x, work.y, lr=0.01)
+            _ = r.loss
+            pipelined = (time.perf_counter() - t0) * 1e3 / n
+            muts = mutation_batch(g, 1)
+            t0 = time.perf_counter()
+            b.sync_params(p)
+            t1 = time.perf_counter()
+            rep = apply_mutations(g, p, muts, step=0)
+            t2 = time.perf_counter()
+            b.on_mutation(g, p, rep)
+            t3 = time.perf_counter()
+            _ = b.step(g, p, work.x, work.y, lr=0.01).loss
+            t4 = time.perf_counter()
+            mut_ms = (t4 - t0) * 1e3
+            parts = f"(sync {1e3 * (t1 - t0):.1f}, apply {1e3 * (t2 - t1):.1f}, " \
+                    f"device update {1e3 * (t3 - t2):.1f}, step {1e3 * (t4 - t3):.1f})"
+            mem = b.memory_report()
+            if mode == "persistent" and rows is None:
+                print("   phases:", phases(b, g, p, work.x, work.y), flush=True)
+            print(f"{mode:10s} {bwd:4s} rows={rows} losses {[f'{v:.6f}' for v in losses]} "
+                  f"(rel vs first mode {abs(losses[2] - ref[2]) / ref[2]:.2e}) "
+                  f"step median {np.median(times):.3f} ms p10 {np.percentile(times, 10):.3f} "
+                  f"p90 {np.percentile(times, 90):.3f}; pipelined {pipelined:.3f} ms/step; "
+                  f"8 dups + step {mut_ms:.2f} ms {parts}; device MiB {mem['total'] / 2**20:.1f} "
+                  f"needed {mem['needed'] / 2**20:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["S", "M"])

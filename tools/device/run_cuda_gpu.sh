@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool), from the repo root, carrying .whl (structlog):
+#   bash tools/device/run_cuda_gpu.sh
+# Runs the GPU tests of the CUDA training backend, compute-sanitizer on a small run, and the
+# quick per-mode probe; logs go to $OUT (or ./out).
+set -uo pipefail
+out=${OUT:-out}; mkdir -p "$out"
+if ! python3 -c "import structlog" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest tests/gpu/test_cuda_backend.py -q -x -p no:cacheprovider 2>&1 | tee "$out/pytest_cuda.log" | tail -30
+cat > /tmp/san.py <<'PY'
+import numpy as np
+from streamdag.backends.cuda import CudaBackend
+from streamdag.mutation import DuplicateDepth, DuplicateWidth, apply_mutations
+from streamdag.params import ParamStore
+import sys; sys.path.insert(0, "tests/gpu")
+from test_cuda_backend import random_dag
+rng = np.random.default_rng(5)
+g = random_dag(rng, 12); p = ParamStore.initialize(g, rng)
+x = rng.standard_normal((37, g.n_inputs)).astype(np.float32); y = rng.integers(0, g.n_classes, 37)
+for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull")]:
+    gg, pp = g.copy(), p.copy(); b = CudaBackend(mode=mode, backward=bwd)
+    for i in range(2): print(mode, bwd, b.step(gg, pp, x, y, lr=0.1, momentum=0.9).loss)
+    b.sync_params(pp); r = apply_mutations(gg, pp, [DuplicateDepth(3), DuplicateWidth(5)]); b.on_mutation(gg, pp, r)
+    print(mode, bwd, b.step(gg, pp, x, y, lr=0.1).loss, b.predict(gg, pp, x).shape)
+PY
+for tool in memcheck racecheck; do
+  timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 python3 /tmp/san.py > "$out/sanitizer_$tool.log" 2>&1
+  echo "compute-sanitizer $tool exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
+done
+timeout 300 python3 tools/cuda_quick.py S M L 2>&1 | tee "$out/cuda_quick.log"
