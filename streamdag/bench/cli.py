@@ -18,7 +18,7 @@ import structlog
 
 from .contenders import contender_names
 from .dagbench import PRESETS, resolve_spec
-from .measure import Budget
+from .measure import GATE_RTOL, Budget
 from .suite import MIN_STEPS, SuiteOptions, run_suite, select_contenders
 
 __all__ = ["add_parser", "run"]
@@ -55,6 +55,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mutation", action="store_true",
                    help="mutation benchmark: 8 duplications + the next step, per contender")
     p.add_argument("--mutation-repeats", type=int, default=3)
+    p.add_argument("--mutation-presets", default=None,
+                   help="comma list: run the mutation benchmark on these presets only")
+    p.add_argument("--gate-rtol", type=float, default=GATE_RTOL,
+                   help="relative tolerance of the correctness gate (BENCHMARK.md: 1e-4)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: runs/bench-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,8 +81,11 @@ def run(args: argparse.Namespace) -> int:
     opts = SuiteOptions(
         specs=specs, contenders=contenders,
         budget=Budget(steps=args.steps, warmup=args.warmup, time_s=args.budget_s,
-                      device="cpu" if smoke else None),
-        mutation=args.mutation, mutation_repeats=args.mutation_repeats, sweep=args.sweep,
+                      device="cpu" if smoke else None, gate_rtol=args.gate_rtol),
+        mutation=args.mutation or args.mutation_presets is not None,
+        mutation_presets=(None if args.mutation_presets is None else
+                          [m.strip() for m in args.mutation_presets.split(",") if m.strip()]),
+        mutation_repeats=args.mutation_repeats, sweep=args.sweep,
         progress=not args.no_progress).validate()
     out = args.out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     records = run_suite(opts)

@@ -52,12 +52,14 @@ class Budget:
         warmup: untimed steps after the gate.
         time_s: wall-clock budget for one contender's gate, warm-up and timed steps.
         device: ``"cpu"`` forces torch baselines onto the CPU (the smoke preset).
+        gate_rtol: the correctness gate's relative tolerance (BENCHMARK.md: 1e-4).
     """
 
     steps: int = 20
     warmup: int = 2
     time_s: float = 60.0
     device: str | None = None
+    gate_rtol: float = GATE_RTOL
 
 
 def spread(times_ms: list[float]) -> dict[str, float]:
@@ -108,11 +110,12 @@ def measure(contender: Contender, work: Workload, reference: float,
         log.warning("contender failed", contender=contender.name, error=_failure(exc))
         return _empty("failed", _failure(exc))
     rel = abs(loss - reference) / max(abs(reference), 1e-30)
-    gate = {"loss": loss, "reference": reference, "rel_err": rel, "steps": GATE_STEPS}
-    if not math.isfinite(loss) or not rel <= GATE_RTOL:
+    gate = {"loss": loss, "reference": reference, "rel_err": rel, "steps": GATE_STEPS,
+            "rtol": budget.gate_rtol}
+    if not math.isfinite(loss) or not rel <= budget.gate_rtol:
         rec = _empty("failed", f"correctness gate: loss after {GATE_STEPS} steps {loss:.7g} "
                                f"vs reference {reference:.7g} (relative error {rel:.2e} > "
-                               f"{GATE_RTOL:g})")
+                               f"{budget.gate_rtol:g})")
         rec["gate"] = gate
         return rec
     est_ms = min(gate_ms)

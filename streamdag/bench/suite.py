@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import ConfigError
 from .contenders import CONTENDERS, Contender
 from .dagbench import PRESETS, DagSpec, Workload, build_workload, reference_loss
-from .measure import GATE_RTOL, GATE_STEPS, Budget, measure, measure_mutation
+from .measure import GATE_STEPS, Budget, measure, measure_mutation
 
 __all__ = ["SWEEP_GROUPS", "SWEEP_WIDTHS", "SuiteOptions", "environment", "run_suite",
            "select_contenders"]
@@ -43,7 +43,8 @@ class SuiteOptions:
         specs: the configurations (presets or custom) to measure.
         contenders: contender names, in report order.
         budget: steps and time budget per contender.
-        mutation: also run the mutation benchmark on each spec.
+        mutation: also run the mutation benchmark on each spec (or on ``mutation_presets``).
+        mutation_presets: limit the mutation benchmark to specs with these labels.
         mutation_repeats: mutation batches per contender.
         sweep: also run the scaling sweep (groups, then width).
         progress: show a tqdm bar on stderr.
@@ -54,6 +55,7 @@ class SuiteOptions:
     contenders: list[str]
     budget: Budget = field(default_factory=Budget)
     mutation: bool = False
+    mutation_presets: list[str] | None = None
     mutation_repeats: int = 3
     sweep: bool = False
     progress: bool = True
@@ -76,6 +78,13 @@ class SuiteOptions:
                               f"least {MIN_STEPS} steps), got {self.budget.steps}")
         if self.budget.time_s <= 0:
             raise ConfigError(f"--budget-s must be > 0, got {self.budget.time_s}")
+        if self.budget.gate_rtol <= 0:
+            raise ConfigError(f"--gate-rtol must be > 0, got {self.budget.gate_rtol}")
+        labels = {s.preset for s in self.specs}
+        for m in self.mutation_presets or []:
+            if m not in labels:
+                raise ConfigError(f"--mutation-presets names {m!r}, which this run does not "
+                                  f"measure ({', '.join(sorted(labels))})")
         if self.mutation_repeats < 1:
             raise ConfigError(f"--mutation-repeats must be >= 1, got {self.mutation_repeats}")
         return self
@@ -143,7 +152,8 @@ def run_suite(opts: SuiteOptions) -> list[dict[str, Any]]:
         if s.key() not in seen:
             seen.add(s.key())
             plan.append(s)
-    mut_specs = opts.specs if opts.mutation else []
+    mut_specs = [s for s in opts.specs if opts.mutation and (
+        opts.mutation_presets is None or s.preset in opts.mutation_presets)]
     total = len(plan) * len(opts.contenders) + len(mut_specs) * len(opts.contenders)
     records: list[dict[str, Any]] = []
     with _progress(total, opts.progress) as bar:
@@ -168,7 +178,7 @@ def run_suite(opts: SuiteOptions) -> list[dict[str, Any]]:
                 group.append(_record(spec, work, name, rec, env, kind="mutation"))
                 _log_record(group[-1])
                 bar.update(1)
-            _check_mutation_losses(group)
+            _check_mutation_losses(group, opts.budget.gate_rtol)
             records += group
     return records
 
@@ -189,7 +199,7 @@ def _record(spec: DagSpec, work: Workload, contender: str, rec: dict[str, Any],
     return out
 
 
-def _check_mutation_losses(group: list[dict[str, Any]]) -> None:
+def _check_mutation_losses(group: list[dict[str, Any]], rtol: float) -> None:
     """Cross-check each first loss after a change against numpy-serial's, if it ran."""
     ref = next((r for r in group if r["contender"] == "numpy-serial" and r["status"] == "ok"),
                None)
@@ -200,7 +210,7 @@ def _check_mutation_losses(group: list[dict[str, Any]]) -> None:
             continue
         for k, (a, b) in enumerate(zip(r["losses"], ref["losses"], strict=False)):
             rel = abs(a - b) / max(abs(b), 1e-30)
-            if not rel <= GATE_RTOL:
+            if not rel <= rtol:
                 r.update(status="failed", median_ms=None, p10_ms=None, p90_ms=None,
                          reason=f"after mutation batch {k}: loss {a:.7g} vs numpy-serial "
                                 f"{b:.7g} (relative error {rel:.2e})")

@@ -170,6 +170,8 @@ def test_smoke_cli_writes_records_in_the_benchmark_format(tmp_path: Path) -> Non
     (["--contenders", "numpy-serial,torch-jit"], "unknown contender 'torch-jit'"),
     (["--steps", "5"], "--steps must be >= 20"),
     (["--preset", "S,M", "--groups", "10"], "override one preset"),
+    (["--gate-rtol", "0"], "--gate-rtol must be > 0"),
+    (["--preset", "smoke", "--mutation-presets", "S"], "--mutation-presets names 'S'"),
 ])
 def test_bad_input_is_one_line_and_no_work(argv: list[str], message: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
