@@ -39,6 +39,7 @@ from streamdag.errors import BackendError, CompileError, DeviceMemoryError
 
 __all__ = [
     "Gpu",
+    "allow_shared_memory",
     "begin_capture",
     "compile_cubin",
     "device_pointer",
@@ -287,6 +288,30 @@ class Gpu:
             return module.get_kernel(name)
         except Exception as exc:
             raise BackendError(f"no kernel {name!r} in module: {exc}") from exc
+
+
+def allow_shared_memory(kernel: Handle, nbytes: int, gpu: Gpu) -> None:
+    """Let ``kernel`` use up to ``nbytes`` of dynamic shared memory (past the 48 KiB default).
+
+    Raises:
+        LaunchConfigError: the device cannot give that much.
+    """
+    from cuda.bindings import driver as cu
+
+    from streamdag.errors import LaunchConfigError
+
+    limit = int(gpu._dev.properties.max_shared_memory_per_block_optin)
+    if nbytes > limit:
+        raise LaunchConfigError(f"{nbytes} B of shared memory asked for, {gpu.name} gives "
+                                f"at most {limit} B per block")
+    attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    handle = kernel.handle
+    if isinstance(handle, cu.CUkernel):
+        (err,) = cu.cuKernelSetAttribute(attr, int(nbytes), handle, cu.CUdevice(gpu.ordinal))
+    else:
+        (err,) = cu.cuFuncSetAttribute(handle, attr, int(nbytes))
+    if int(err) != 0:
+        raise BackendError(f"could not allow {nbytes} B of shared memory: {err}")
 
 
 def device_pointer(buf: Handle) -> int:

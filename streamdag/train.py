@@ -346,8 +346,9 @@ class Trainer:
         self.counters.mutations += len(report)
         self.policy.notify(report, step)
         self.backend.on_mutation(self.graph, self.params, report)
-        log.debug("network mutated", step=step, groups=len(self.graph),
-                 mutations=[f"{m.kind}:{m.__dict__}" for m, _ in report.applied])
+        if structlog.is_configured():  # routine events stay quiet until an app configures logs
+            log.debug("network mutated", step=step, groups=len(self.graph),
+                      mutations=[f"{m.kind}:{m.__dict__}" for m, _ in report.applied])
         for cb in self.callbacks:
             cb.on_mutation(self, report)
 

@@ -44,11 +44,12 @@ def main(presets: list[str]) -> None:
         print(f"== {preset}: {len(work.graph)} groups, {work.n_levels} levels, "
               f"batch {len(work.y)}", flush=True)
         ref = None
-        for mode, bwd, rows in [("persistent", "pull", None), ("persistent", "pull", 1),
-                                ("persistent", "pull", 4), ("graph", "pull", None),
-                                ("graph", "push", None), ("fused", "pull", None)]:
+        for mode, bwd, rows, flow in [("persistent", "pull", None, True),
+                                      ("persistent", "pull", None, False),
+                                      ("graph", "pull", None, True),
+                                      ("graph", "push", None, True)]:
             g, p = work.graph.copy(), work.params.copy()
-            b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows)
+            b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows, dataflow=flow)
             losses = [b.step(g, p, work.x, work.y, lr=0.01).loss for _ in range(3)]
             if ref is None:
                 ref = losses
@@ -78,9 +79,10 @@ def main(presets: list[str]) -> None:
             parts = f"(sync {1e3 * (t1 - t0):.1f}, apply {1e3 * (t2 - t1):.1f}, " \
                     f"device update {1e3 * (t3 - t2):.1f}, step {1e3 * (t4 - t3):.1f})"
             mem = b.memory_report()
-            if mode == "persistent" and rows is None:
+            if mode == "persistent" and rows is None and preset != "L":
                 print("   phases:", phases(b, g, p, work.x, work.y), flush=True)
-            print(f"{mode:10s} {bwd:4s} rows={rows} losses {[f'{v:.6f}' for v in losses]} "
+            print(f"{mode:10s} {bwd:4s} rows={rows} dataflow={flow} "
+                  f"losses {[f'{v:.6f}' for v in losses]} "
                   f"(rel vs first mode {abs(losses[2] - ref[2]) / ref[2]:.2e}) "
                   f"step median {np.median(times):.3f} ms p10 {np.percentile(times, 10):.3f} "
                   f"p90 {np.percentile(times, 90):.3f}; pipelined {pipelined:.3f} ms/step; "

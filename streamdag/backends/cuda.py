@@ -15,11 +15,14 @@ State on the device (all through :mod:`streamdag.driver`):
 
 A step is a handful of launches whose shape depends on ``mode``:
 
-* ``persistent`` (default): ``sd_step_rows`` runs forward, loss and pull backward of the
-  whole DAG for a slice of batch rows per block — rows are independent until the weight
-  gradient, so no block ever waits for another and levels cost one ``__syncthreads``; then
-  ``sd_wgrad_update`` (weight gradient, SGD step, growth statistics, one block per tile of
-  one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches per step.
+* ``persistent`` (default): one launch runs forward, loss and pull backward of the whole DAG
+  for a slice of batch rows per block — rows are independent until the weight gradient, so
+  no block ever waits for another. Inside a block, ``sd_step_flow`` walks the DAG as a
+  dataflow: each warp takes groups in topological order and waits (per-node flags in shared
+  memory) only for that group's own inputs; ``dataflow=False`` (or a graph too large for
+  the flags) uses ``sd_step_rows``, which separates whole levels with ``__syncthreads``.
+  Then ``sd_wgrad_update`` (weight gradient, SGD step, growth statistics; one block per tile
+  of one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches a step.
 * ``fused``: one grouped launch per DAG level and phase (``sd_forward`` /
   ``sd_backward_pull`` or ``sd_backward_push`` over a level's node slice), then the same
   weight-gradient and loss launches: ``2 × levels + 4`` launches.
@@ -43,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, DataError, DeviceMemoryError
+from ..errors import BackendError, ConfigError, DataError, DeviceMemoryError, StreamDagError
 from ..graph import INPUT, OUTPUT, NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamStore
@@ -61,6 +64,7 @@ WG_THREADS = 256  # SD_WG_THREADS
 WG_XCOLS = 128    # SD_WG_XCOLS
 LEVEL_THREADS = 128
 STEP_THREADS = 1024
+SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 MAX_INT32 = 2**31 - 1
 
 
@@ -84,6 +88,7 @@ class NetTables:
         preds: predecessor node indices, per node from ``pred_start``.
         succs: ``(n, 4)`` per successor: its activation offset in a row, the weight offset of
             this node's first column in it, its width and its fan-in.
+        succ_node: the node index of each successor record.
         colmap: per node from ``col_start``, the offset within a batch row of each input column.
         level_start: nodes are stored level by level; level ``l`` is the index range
             ``level_start[l] .. level_start[l+1]`` (level 0 = input, the last = output).
@@ -95,6 +100,7 @@ class NetTables:
     nodes: np.ndarray
     preds: np.ndarray
     succs: np.ndarray
+    succ_node: np.ndarray
     colmap: np.ndarray
     level_start: np.ndarray
     tiles: np.ndarray
@@ -136,6 +142,7 @@ class NetTables:
         e_owner, e_pred = owner[keep][by_pred], pred_idx[keep][by_pred]
         succs = np.stack([act[e_owner], w_off[e_owner] + col_in_owner[keep][by_pred],
                           width[e_owner], fan_in[e_owner]], axis=1)
+        succ_node = e_owner
         n_succs = np.bincount(e_pred, minlength=n)
         succ_start = np.concatenate([[0], np.cumsum(n_succs)[:-1]])
         relu = np.ones(n, dtype=np.int64)
@@ -164,6 +171,7 @@ class NetTables:
             nodes=nodes.astype(i32),
             preds=(pred_idx if len(pred_idx) else np.zeros(1, np.int64)).astype(i32),
             succs=(succs if len(succs) else np.zeros((1, 4), np.int64)).astype(i32),
+            succ_node=(succ_node if len(succ_node) else np.zeros(1, np.int64)).astype(i32),
             colmap=colmap.astype(i32),
             level_start=np.asarray(starts, dtype=i32),
             tiles=tiles.astype(i32),
@@ -222,6 +230,9 @@ class CudaBackend(Backend):
         device: the CUDA device ordinal.
         rows_per_block: batch rows per block in ``persistent`` mode (default: spread the
             batch over the multiprocessors).
+        dataflow: in ``persistent`` mode, let each group wait only for its own inputs
+            (per-node flags in shared memory: up to ~55k nodes on an H100) instead of for
+            the whole previous level.
 
     Raises:
         BackendError: no usable GPU, or a kernel failed to compile (with NVRTC's log).
@@ -230,7 +241,7 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, *, mode: str = "persistent", backward: str = "pull", device: int = 0,
-                 rows_per_block: int | None = None) -> None:
+                 rows_per_block: int | None = None, dataflow: bool = True) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
         if backward not in BACKWARDS:
@@ -247,10 +258,13 @@ class CudaBackend(Backend):
         module = kernels.load(KERNEL_FILE, self.gpu)
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
-            "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_scatter_input",
+            "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
+            "sd_scatter_input",
             "sd_gather_output")}
         self._n_sms = self.gpu.multiprocessors
         self._rows_per_block = rows_per_block
+        self._dataflow = dataflow
+        self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
         self._bufs: dict[str, Any] = {}
         self._tables: NetTables | None = None
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
@@ -359,7 +373,7 @@ class CudaBackend(Backend):
         self._tables = t = NetTables.build(graph, params)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds)
         self._structure += 1
-        for name in ("nodes", "preds", "succs", "colmap", "level_start", "tiles"):
+        for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles"):
             self._put(name, getattr(t, name))
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
@@ -445,18 +459,30 @@ class CudaBackend(Backend):
         t = self._tables
         assert t is not None
         rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
-        classes = int(t.nodes[-1][0])
-        shmem = (STEP_THREADS // 32) * rows * classes * 4
-        split = shmem <= 48 * 1024
-        self._launch(
-            self._k["sd_step_rows"], (math.ceil(batch / rows),), (STEP_THREADS,),
-            shmem if split else 0,
-            self._b("nodes"), self._b("preds"), self._b("colmap"), self._b("succs"),
-            self._b("level_start"), np.int32(t.n_levels),
-            self._b("weight"), self._b("bias"),
-            self._b("act"), self._b("dh"), self._b("dz"), self._b("labels"),
-            self._b("loss_rows"), self._b("correct_rows"), np.int32(batch),
-            np.int32(t.row_stride), np.int32(rows), np.int32(split), np.int32(forward_only))
+        n_nodes = len(t.nodes)
+        partials = (STEP_THREADS // 32) * rows * int(t.nodes[-1][0]) * 4
+        split = partials <= SMEM_LIMIT // 2
+        tail = (np.int32(batch), np.int32(t.row_stride), np.int32(rows), np.int32(split),
+                np.int32(forward_only))
+        common = (self._b("weight"), self._b("bias"), self._b("act"), self._b("dh"),
+                  self._b("dz"), self._b("labels"), self._b("loss_rows"), self._b("correct_rows"))
+        flow_smem = 4 * n_nodes + (partials if split else 0)
+        if self._dataflow and flow_smem > self._flow_smem:
+            try:
+                self._drv.allow_shared_memory(self._k["sd_step_flow"], flow_smem, self.gpu)
+                self._flow_smem = flow_smem
+            except StreamDagError:  # too many nodes for the flags: level barriers instead
+                pass
+        if self._dataflow and flow_smem <= self._flow_smem:
+            self._launch(self._k["sd_step_flow"], (math.ceil(batch / rows),), (STEP_THREADS,),
+                         flow_smem, self._b("nodes"), self._b("preds"), self._b("colmap"),
+                         self._b("succs"), self._b("succ_node"), np.int32(n_nodes), *common,
+                         *tail)
+        else:  # level-synchronous: flags would not fit in shared memory
+            self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),), (STEP_THREADS,),
+                         partials if split else 0, self._b("nodes"), self._b("preds"),
+                         self._b("colmap"), self._b("succs"), self._b("level_start"),
+                         np.int32(t.n_levels), *common, *tail)
         if not forward_only:
             self._launch_update(self.stream, batch)
 

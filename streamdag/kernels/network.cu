@@ -416,3 +416,214 @@ extern "C" __global__ void __launch_bounds__(1024) sd_step_rows(
     __syncthreads();
   }
 }
+
+// ---------------------------------------------------------------- warp-cooperative items
+
+// Forward of node nd for nb rows starting at act_rows, by one whole warp (all 32 lanes must
+// call it): lane l computes items base+l (item = row * width + neuron). Column addresses are
+// loaded once per 32 columns, coalesced, and passed around with shuffles, so an item's
+// loads are all in flight together. first_idx is lane's entry of the first 32 columns'
+// addresses, loaded by the caller (before it waits for the inputs).
+__device__ __forceinline__ void sd_fwd_warp(const int* __restrict__ colmap,
+                                            const float* __restrict__ weight,
+                                            const float* __restrict__ bias, float* act,
+                                            const Node& nd, int b0, int nb, int row_stride,
+                                            int lane, int first_idx) {
+  const int items = nb * nd.width;
+  for (int base = 0; base < items; base += 32) {
+    const int it = min(base + lane, items - 1);  // idle lanes redo the last item, unstored
+    const int r = it / nd.width, o = it % nd.width;
+    const float* row = act + (long long)(b0 + r) * row_stride;
+    const float* w = weight + nd.w_off + (long long)o * nd.fan_in;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int c0 = 0; c0 < nd.fan_in; c0 += 32) {
+      const int nc = min(32, nd.fan_in - c0);
+      const int my_idx = c0 == 0 ? first_idx
+                                 : (lane < nc ? __ldg(colmap + nd.col_start + c0 + lane) : 0);
+      int j = 0;
+      for (; j + 16 <= nc; j += 16) {
+        float xv[16], wv[16];
+#pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          xv[q] = row[__shfl_sync(0xffffffffu, my_idx, j + q)];
+          wv[q] = __ldg(w + c0 + j + q);
+        }
+#pragma unroll
+        for (int q = 0; q < 16; q += 2) {
+          acc0 = fmaf(wv[q], xv[q], acc0);
+          acc1 = fmaf(wv[q + 1], xv[q + 1], acc1);
+        }
+      }
+      for (; j < nc; ++j)
+        acc0 = fmaf(__ldg(w + c0 + j), row[__shfl_sync(0xffffffffu, my_idx, j)], acc0);
+    }
+    if (base + lane < items) {
+      const float z = __ldg(bias + nd.b_off + o) + (acc0 + acc1);
+      act[(long long)(b0 + r) * row_stride + nd.act + o] = nd.relu ? fmaxf(z, 0.f) : z;
+    }
+  }
+}
+
+// Pull backward of node nd for nb rows by one whole warp: lane l computes items base+l
+// (item = row * width + neuron k): dh from the successors, dz = dh where h > 0. first is
+// lane's record among the first 32 successors, loaded by the caller.
+__device__ __forceinline__ void sd_pull_warp(const int4* __restrict__ succs,
+                                             const float* __restrict__ weight, const float* act,
+                                             float* dh, float* dz, const Node& nd, int b0,
+                                             int nb, int row_stride, int lane, int4 first) {
+  const int items = nb * nd.width;
+  for (int base = 0; base < items; base += 32) {
+    const int it = min(base + lane, items - 1);
+    const int r = it / nd.width, k = it % nd.width;
+    const long long ro = (long long)(b0 + r) * row_stride;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int s0 = 0; s0 < nd.n_succs; s0 += 32) {
+      const int ns = min(32, nd.n_succs - s0);
+      const int4 mine = s0 == 0 ? first
+                                : (lane < ns ? __ldg(succs + nd.succ_start + s0 + lane)
+                                             : make_int4(0, 0, 0, 0));
+      for (int i = 0; i < ns; ++i) {
+        const int s_act = __shfl_sync(0xffffffffu, mine.x, i);
+        const int s_w = __shfl_sync(0xffffffffu, mine.y, i);
+        const int s_width = __shfl_sync(0xffffffffu, mine.z, i);
+        const int s_fan = __shfl_sync(0xffffffffu, mine.w, i);
+        const float* d = dz + ro + s_act;
+        const float* w = weight + s_w + k;
+        int o = 0;
+        for (; o + 16 <= s_width; o += 16) {
+          float dv[16], wv[16];
+#pragma unroll
+          for (int q = 0; q < 16; ++q) {
+            dv[q] = d[o + q];
+            wv[q] = __ldg(w + (long long)(o + q) * s_fan);
+          }
+#pragma unroll
+          for (int q = 0; q < 16; q += 2) {
+            acc0 = fmaf(dv[q], wv[q], acc0);
+            acc1 = fmaf(dv[q + 1], wv[q + 1], acc1);
+          }
+        }
+        for (; o < s_width; ++o) acc0 = fmaf(d[o], __ldg(w + (long long)o * s_fan), acc0);
+      }
+    }
+    if (base + lane < items) {
+      const float g = acc0 + acc1;
+      dh[ro + nd.act + k] = g;
+      dz[ro + nd.act + k] = act[ro + nd.act + k] > 0.f ? g : 0.f;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- the DAG as a dataflow
+
+// Like sd_step_rows, without level barriers: warp w takes groups w+1, w+1+warps, ... in
+// topological order (forward) and in reverse (backward); a group waits, by spinning on a
+// per-node flag in shared memory, only for its own predecessors (forward) or successors
+// (backward), then computes every (row, neuron) of the block's rows with the warp's lanes
+// and raises its flag. A warp's earlier tasks are always done before its later ones and every
+// dependency has a smaller (forward) or larger (backward) index, so the smallest unfinished
+// task can always run: no deadlock. Visibility: data stores, __threadfence_block, atomic flag
+// store; atomic flag read, __threadfence_block, data loads (atomics, so compute-sanitizer's
+// racecheck sees synchronisation, not races). Dynamic smem: n_nodes ints of flags, then the
+// output's split-K partials (warps × rows × classes floats) when split_output.
+// succ_node[i] is the node index of successor record i.
+extern "C" __global__ void __launch_bounds__(1024) sd_step_flow(
+    const Node* __restrict__ nodes, const int* __restrict__ preds,
+    const int* __restrict__ colmap, const int4* __restrict__ succs,
+    const int* __restrict__ succ_node, int n_nodes, const float* __restrict__ weight,
+    const float* __restrict__ bias, float* act, float* dh, float* dz,
+    const int* __restrict__ labels, float* loss_rows, int* correct_rows, int batch,
+    int row_stride, int rows, int split_output, int forward_only) {
+  extern __shared__ int smem_i[];
+  int* flag = smem_i;
+  float* part = reinterpret_cast<float*>(smem_i + n_nodes);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int b0 = blockIdx.x * rows;
+  const int nb = min(rows, batch - b0);
+  if (nb <= 0) return;
+  const int out = n_nodes - 1;
+  for (int i = threadIdx.x; i < n_nodes; i += blockDim.x) flag[i] = i == 0 ? 1 : 0;
+  __syncthreads();
+  // Everything a task reads that no other task writes (its record, its column addresses,
+  // its predecessor list) is loaded before it waits; the next task's record meanwhile.
+  Node next = nodes[min(1 + warp, out)];
+  for (int v = 1 + warp; v < out; v += nwarps) {
+    const Node nd = next;
+    const int first_idx = lane < min(32, nd.fan_in) ? __ldg(colmap + nd.col_start + lane) : 0;
+    const int my_pred = lane < nd.n_preds ? __ldg(preds + nd.pred_start + lane) : 0;
+    if (v + nwarps < out) next = nodes[v + nwarps];
+    for (int i = lane; i < nd.n_preds; i += 32) {
+      const int p = i < 32 ? my_pred : __ldg(preds + nd.pred_start + i);
+      while (atomicAdd(flag + p, 0) < 1) __nanosleep(20);
+    }
+    __syncwarp();
+    __threadfence_block();
+    sd_fwd_warp(colmap, weight, bias, act, nd, b0, nb, row_stride, lane, first_idx);
+    __threadfence_block();
+    __syncwarp();
+    if (lane == 0) atomicExch(flag + v, 1);
+  }
+  __syncthreads();
+  {  // the output: its fan-in (every sink) is split over the warps when the partials fit
+    const Node nd = nodes[out];
+    if (split_output) {
+      for (int i = threadIdx.x; i < nwarps * rows * nd.width; i += blockDim.x) part[i] = 0.f;
+      __syncthreads();
+      float* mine = part + warp * rows * nd.width;
+      int col = 0;
+      for (int i = 0; i < nd.n_preds; ++i) {
+        const Node p = nodes[preds[nd.pred_start + i]];
+        if (i % nwarps == warp) {
+          for (int it = lane; it < nb * nd.width; it += 32) {
+            const int r = it / nd.width, o = it % nd.width;
+            const float* x = act + (long long)(b0 + r) * row_stride + p.act;
+            const float* w = weight + nd.w_off + (long long)o * nd.fan_in + col;
+            float acc = 0.f;
+            for (int k = 0; k < p.width; ++k) acc = fmaf(__ldg(w + k), x[k], acc);
+            mine[it] += acc;
+          }
+        }
+        col += p.width;
+      }
+      __syncthreads();
+      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+        float acc = bias[nd.b_off + it % nd.width];
+        for (int w = 0; w < nwarps; ++w) acc += part[w * rows * nd.width + it];
+        act[(long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width] = acc;
+      }
+    } else {
+      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+        float* row = act + (long long)(b0 + it / nd.width) * row_stride;
+        row[nd.act + it % nd.width] = sd_fwd_one(colmap, weight, bias, row, nd, it % nd.width);
+      }
+    }
+    __syncthreads();
+  }
+  if (forward_only) return;
+  for (int r = threadIdx.x; r < nb; r += blockDim.x) {
+    const long long o = (long long)(b0 + r) * row_stride;
+    sd_softmax_row(nodes[out], act + o, dh + o, dz + o, labels[b0 + r], batch,
+                   loss_rows + b0 + r, correct_rows + b0 + r);
+  }
+  __syncthreads();
+  Node next_b = nodes[max(out - 1 - warp, 0)];
+  for (int k = warp; k < out - 1; k += nwarps) {
+    const int v = out - 1 - k;
+    const Node nd = next_b;
+    const int4 first = lane < min(32, nd.n_succs) ? __ldg(succs + nd.succ_start + lane)
+                                                  : make_int4(0, 0, 0, 0);
+    const int my_succ = lane < nd.n_succs ? __ldg(succ_node + nd.succ_start + lane) : out;
+    if (k + nwarps < out - 1) next_b = nodes[v - nwarps];
+    for (int i = lane; i < nd.n_succs; i += 32) {
+      const int s = i < 32 ? my_succ : __ldg(succ_node + nd.succ_start + i);
+      if (s != out)
+        while (atomicAdd(flag + s, 0) < 2) __nanosleep(20);
+    }
+    __syncwarp();
+    __threadfence_block();
+    sd_pull_warp(succs, weight, act, dh, dz, nd, b0, nb, row_stride, lane, first);
+    __threadfence_block();
+    __syncwarp();
+    if (lane == 0) atomicExch(flag + v, 2);
+  }
+}

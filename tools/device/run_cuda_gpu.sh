@@ -33,3 +33,10 @@ for tool in memcheck racecheck; do
   echo "compute-sanitizer $tool exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
 done
 timeout 300 python3 tools/cuda_quick.py S M L 2>&1 | tee "$out/cuda_quick.log"
+# the same digits run on both backends: accuracy and grown structure
+for b in reference cuda; do
+  python3 -m streamdag --log-level warning train --dataset digits --backend $b --no-progress \
+    --out "/tmp/digits-$b" --summary-json "$out/digits-$b.json" && cat "$out/digits-$b.json"
+  cp "/tmp/digits-$b/network.dot" "$out/digits-$b.dot"
+done
+cmp "$out/digits-reference.dot" "$out/digits-cuda.dot" && echo "same grown structure" || echo "structures differ"
