@@ -38,18 +38,41 @@ def phases(b: CudaBackend, g, p, x, y, reps: int = 20) -> str:
     return ", ".join(f"{k} {v:.3f} ms" for k, v in out.items())
 
 
+def task_trace(b: CudaBackend, g, p, x, y) -> str:
+    """Per-task wait and compute time of block 0 in one persistent step (clock64 probe)."""
+    t = b._tables
+    n = len(t.nodes)
+    b._bufs["trace"] = b.gpu.alloc(8 * 8 * n)
+    b.gpu.memset(b._bufs["trace"], 0)
+    _ = b.step(g, p, x, y, lr=0.01).loss
+    tr = np.zeros((2 * n, 4), np.int64)
+    b.gpu.download(b._bufs.pop("trace"), tr)
+    ghz = 1.98e3  # cycles per microsecond at the H100's boost clock
+    out = []
+    for name, rows in (("fwd", tr[1 : n - 1]), ("bwd", tr[n + 1 : 2 * n - 1])):
+        rows = rows[rows[:, 0] > 0]
+        wait = (rows[:, 1] - rows[:, 0]) / ghz
+        comp = (rows[:, 2] - rows[:, 1]) / ghz
+        span = (rows[:, 2].max() - rows[:, 0].min()) / ghz
+        out.append(f"{name}: {len(rows)} tasks, span {span:.0f} us, compute median "
+                   f"{np.median(comp):.2f} us p90 {np.percentile(comp, 90):.2f}, wait median "
+                   f"{np.median(wait):.2f} us p90 {np.percentile(wait, 90):.2f}")
+    return "; ".join(out)
+
+
 def main(presets: list[str]) -> None:
     for preset in presets:
         work = build_workload(resolve_spec(preset))
         print(f"== {preset}: {len(work.graph)} groups, {work.n_levels} levels, "
               f"batch {len(work.y)}", flush=True)
         ref = None
-        for mode, bwd, rows, flow in [("persistent", "pull", None, True),
-                                      ("persistent", "pull", None, False),
-                                      ("graph", "pull", None, True),
-                                      ("graph", "push", None, True)]:
+        for mode, bwd, rows, flow, threads in [("persistent", "pull", None, True, 512),
+                                               ("persistent", "pull", None, False, 512),
+                                               ("graph", "pull", None, True, 512),
+                                               ("graph", "push", None, True, 512)]:
             g, p = work.graph.copy(), work.params.copy()
-            b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows, dataflow=flow)
+            b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows, dataflow=flow,
+                            step_threads=threads)
             losses = [b.step(g, p, work.x, work.y, lr=0.01).loss for _ in range(3)]
             if ref is None:
                 ref = losses
@@ -79,9 +102,10 @@ def main(presets: list[str]) -> None:
             parts = f"(sync {1e3 * (t1 - t0):.1f}, apply {1e3 * (t2 - t1):.1f}, " \
                     f"device update {1e3 * (t3 - t2):.1f}, step {1e3 * (t4 - t3):.1f})"
             mem = b.memory_report()
-            if mode == "persistent" and rows is None and preset != "L":
+            if mode == "persistent" and flow and preset != "L":
                 print("   phases:", phases(b, g, p, work.x, work.y), flush=True)
-            print(f"{mode:10s} {bwd:4s} rows={rows} dataflow={flow} "
+                print("   tasks:", task_trace(b, g, p, work.x, work.y), flush=True)
+            print(f"{mode:10s} {bwd:4s} rows={rows} dataflow={flow} threads={threads} "
                   f"losses {[f'{v:.6f}' for v in losses]} "
                   f"(rel vs first mode {abs(losses[2] - ref[2]) / ref[2]:.2e}) "
                   f"step median {np.median(times):.3f} ms p10 {np.percentile(times, 10):.3f} "

@@ -63,7 +63,7 @@ BWD_ROWS = 8      # SD_BWD_ROWS
 WG_THREADS = 256  # SD_WG_THREADS
 WG_XCOLS = 128    # SD_WG_XCOLS
 LEVEL_THREADS = 128
-STEP_THREADS = 1024
+STEP_THREADS = 512  # default SD_STEP_THREADS
 SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 MAX_INT32 = 2**31 - 1
 
@@ -230,6 +230,8 @@ class CudaBackend(Backend):
         device: the CUDA device ordinal.
         rows_per_block: batch rows per block in ``persistent`` mode (default: spread the
             batch over the multiprocessors).
+        step_threads: block size of the ``persistent`` kernels (more threads, more groups in
+            flight, but fewer registers each: 1024 threads spill).
         dataflow: in ``persistent`` mode, let each group wait only for its own inputs
             (per-node flags in shared memory: up to ~55k nodes on an H100) instead of for
             the whole previous level.
@@ -241,7 +243,8 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, *, mode: str = "persistent", backward: str = "pull", device: int = 0,
-                 rows_per_block: int | None = None, dataflow: bool = True) -> None:
+                 rows_per_block: int | None = None, dataflow: bool = True,
+                 step_threads: int = STEP_THREADS) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
         if backward not in BACKWARDS:
@@ -255,7 +258,10 @@ class CudaBackend(Backend):
         self._drv = driver
         self.gpu = driver.Gpu(device)
         self.stream = self.gpu.stream()
-        module = kernels.load(KERNEL_FILE, self.gpu)
+        if step_threads not in (256, 512, 1024):
+            raise ConfigError(f"step_threads must be 256, 512 or 1024, got {step_threads}")
+        self._step_threads = step_threads
+        module = kernels.load(KERNEL_FILE, self.gpu, defines=[f"SD_STEP_THREADS={step_threads}"])
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
@@ -460,7 +466,7 @@ class CudaBackend(Backend):
         assert t is not None
         rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
         n_nodes = len(t.nodes)
-        partials = (STEP_THREADS // 32) * rows * int(t.nodes[-1][0]) * 4
+        partials = (self._step_threads // 32) * rows * int(t.nodes[-1][0]) * 4
         split = partials <= SMEM_LIMIT // 2
         tail = (np.int32(batch), np.int32(t.row_stride), np.int32(rows), np.int32(split),
                 np.int32(forward_only))
@@ -474,12 +480,14 @@ class CudaBackend(Backend):
             except StreamDagError:  # too many nodes for the flags: level barriers instead
                 pass
         if self._dataflow and flow_smem <= self._flow_smem:
-            self._launch(self._k["sd_step_flow"], (math.ceil(batch / rows),), (STEP_THREADS,),
+            self._launch(self._k["sd_step_flow"], (math.ceil(batch / rows),),
+                         (self._step_threads,),
                          flow_smem, self._b("nodes"), self._b("preds"), self._b("colmap"),
                          self._b("succs"), self._b("succ_node"), np.int32(n_nodes), *common,
-                         *tail)
+                         *tail, self._bufs.get("trace", 0))
         else:  # level-synchronous: flags would not fit in shared memory
-            self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),), (STEP_THREADS,),
+            self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),),
+                         (self._step_threads,),
                          partials if split else 0, self._b("nodes"), self._b("preds"),
                          self._b("colmap"), self._b("succs"), self._b("level_start"),
                          np.int32(t.n_levels), *common, *tail)

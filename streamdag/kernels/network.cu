@@ -24,12 +24,18 @@
 //   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
 //   sd_reduce_loss    [grid 1, block 256]               mean loss and correct count
 //   sd_scatter_input / sd_gather_output  [1-D, block 256]  batch in, logits out
-//   sd_step_rows      [grid ceil(B/rows), block 1024, dyn smem]  forward + loss + pull
+//   sd_step_rows      [grid ceil(B/rows), block SD_STEP_THREADS, dyn smem]  forward + loss + pull
 //                     backward of the whole DAG for a slice of batch rows, in one launch:
 //                     rows are independent until the weight gradient, so blocks never wait
 //                     on each other; levels are separated by __syncthreads only.
 // Every kernel serves widths 1..1024, any fan-in (ragged, through the tables) and any batch.
 
+#ifndef SD_STEP_THREADS  // block size of sd_step_rows / sd_step_flow (bounds their registers)
+#define SD_STEP_THREADS 512
+#endif
+#ifndef SD_SPIN_NS  // back-off of a warp waiting for a flag (0: spin)
+#define SD_SPIN_NS 0
+#endif
 #define SD_FWD_ROWS 8
 #define SD_BWD_ROWS 8
 #define SD_WG_THREADS 256
@@ -333,12 +339,72 @@ extern "C" __global__ void sd_reduce_loss(const float* loss_rows, const int* cor
 
 // ---------------------------------------------------------------- the whole DAG per row slice
 
+// The output node's forward for a block's rows (all threads of the block call it; it ends
+// with __syncthreads). Its fan-in (every sink group) is much larger than a group's, so with
+// split it is spread over the warps, each summing a share of the predecessors into its own
+// partials (part: warps × rows × classes floats), reduced in a fixed order.
+__device__ __forceinline__ void sd_output_rows(const Node* __restrict__ nodes,
+                                               const int* __restrict__ preds,
+                                               const int* __restrict__ colmap,
+                                               const float* __restrict__ weight,
+                                               const float* __restrict__ bias, float* act,
+                                               float* part, int out, int b0, int nb, int rows,
+                                               int row_stride, int split) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const Node nd = nodes[out];
+  if (split) {
+    for (int i = threadIdx.x; i < nwarps * rows * nd.width; i += blockDim.x) part[i] = 0.f;
+    __syncthreads();
+    float* mine = part + warp * rows * nd.width;
+    int col = 0;
+    for (int i = 0; i < nd.n_preds; ++i) {
+      const Node p = nodes[preds[nd.pred_start + i]];
+      if (i % nwarps == warp) {
+        for (int it = lane; it < nb * nd.width; it += 32) {
+          const int r = it / nd.width, o = it % nd.width;
+          const float* x = act + (long long)(b0 + r) * row_stride + p.act;
+          const float* w = weight + nd.w_off + (long long)o * nd.fan_in + col;
+          float acc = 0.f;
+          for (int k = 0; k < p.width; ++k) acc = fmaf(__ldg(w + k), x[k], acc);
+          mine[it] += acc;
+        }
+      }
+      col += p.width;
+    }
+    __syncthreads();
+    for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+      float acc = bias[nd.b_off + it % nd.width];
+      for (int w = 0; w < nwarps; ++w) acc += part[w * rows * nd.width + it];
+      act[(long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width] = acc;
+    }
+  } else {
+    for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
+      float* row = act + (long long)(b0 + it / nd.width) * row_stride;
+      row[nd.act + it % nd.width] = sd_fwd_one(colmap, weight, bias, row, nd, it % nd.width);
+    }
+  }
+  __syncthreads();
+}
+
+// Softmax cross-entropy of the block's rows (all threads call it; ends with __syncthreads).
+__device__ __forceinline__ void sd_softmax_rows(const Node& out, const float* act, float* dh,
+                                                float* dz, const int* __restrict__ labels,
+                                                float* loss_rows, int* correct_rows, int b0,
+                                                int nb, int batch, int row_stride) {
+  for (int r = threadIdx.x; r < nb; r += blockDim.x) {
+    const long long o = (long long)(b0 + r) * row_stride;
+    sd_softmax_row(out, act + o, dh + o, dz + o, labels[b0 + r], batch, loss_rows + b0 + r,
+                   correct_rows + b0 + r);
+  }
+  __syncthreads();
+}
+
 // Forward (levels 1..n_levels-1, the last level being the output), softmax, and pull backward
 // (levels n_levels-1 .. 1) for batch rows [blockIdx.x*rows, +rows). One warp per (node, row)
 // task, lanes over outputs. The output level splits its fan-in over all warps and reduces in
 // shared memory (dynamic smem: warps × rows × classes floats) when it fits, since its fan-in
 // (every sink group) is much larger than a group's. forward_only skips loss and backward.
-extern "C" __global__ void __launch_bounds__(1024) sd_step_rows(
+extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_rows(
                                         const Node* __restrict__ nodes,
                                         const int* __restrict__ preds,
                                         const int* __restrict__ colmap,
@@ -356,52 +422,21 @@ extern "C" __global__ void __launch_bounds__(1024) sd_step_rows(
   const int nb = min(rows, batch - b0);
   if (nb <= 0) return;
   const int out_level = n_levels - 1;
-  for (int lv = 1; lv < n_levels; ++lv) {
+  for (int lv = 1; lv < out_level; ++lv) {
     const int s = level_start[lv], n = level_start[lv + 1] - s;
-    if (lv == out_level && split_output) {
-      const Node nd = nodes[s];
-      for (int i = threadIdx.x; i < nwarps * rows * nd.width; i += blockDim.x) part[i] = 0.f;
-      __syncthreads();
-      float* mine = part + warp * rows * nd.width;
-      int col = 0;
-      for (int i = 0; i < nd.n_preds; ++i) {
-        const Node p = nodes[preds[nd.pred_start + i]];
-        if (i % nwarps == warp) {
-          for (int it = lane; it < nb * nd.width; it += 32) {
-            const int r = it / nd.width, o = it % nd.width;
-            const float* x = act + (long long)(b0 + r) * row_stride + p.act;
-            const float* w = weight + nd.w_off + (long long)o * nd.fan_in + col;
-            float acc = 0.f;
-            for (int k = 0; k < p.width; ++k) acc = fmaf(w[k], x[k], acc);
-            mine[it] += acc;
-          }
-        }
-        col += p.width;
-      }
-      __syncthreads();
-      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
-        float acc = bias[nd.b_off + it % nd.width];
-        for (int w = 0; w < nwarps; ++w) acc += part[w * rows * nd.width + it];
-        act[(long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width] = acc;
-      }
-    } else {
-      for (int task = warp; task < n * nb; task += nwarps) {
-        const Node nd = nodes[s + task / nb];
-        float* row = act + (long long)(b0 + task % nb) * row_stride;
-        for (int o = lane; o < nd.width; o += 32)
-          row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
-      }
+    for (int task = warp; task < n * nb; task += nwarps) {
+      const Node nd = nodes[s + task / nb];
+      float* row = act + (long long)(b0 + task % nb) * row_stride;
+      for (int o = lane; o < nd.width; o += 32)
+        row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
     }
     __syncthreads();
   }
+  sd_output_rows(nodes, preds, colmap, weight, bias, act, part, level_start[out_level], b0, nb,
+                 rows, row_stride, split_output);
   if (forward_only) return;
-  const Node out = nodes[level_start[out_level]];
-  for (int r = threadIdx.x; r < nb; r += blockDim.x) {
-    const long long o = (long long)(b0 + r) * row_stride;
-    sd_softmax_row(out, act + o, dh + o, dz + o, labels[b0 + r], batch, loss_rows + b0 + r,
-                   correct_rows + b0 + r);
-  }
-  __syncthreads();
+  sd_softmax_rows(nodes[level_start[out_level]], act, dh, dz, labels, loss_rows, correct_rows,
+                  b0, nb, batch, row_stride);
   for (int lv = out_level - 1; lv >= 1; --lv) {
     const int s = level_start[lv], n = level_start[lv + 1] - s;
     for (int task = warp; task < n * nb; task += nwarps) {
@@ -441,15 +476,29 @@ __device__ __forceinline__ void sd_fwd_warp(const int* __restrict__ colmap,
       const int my_idx = c0 == 0 ? first_idx
                                  : (lane < nc ? __ldg(colmap + nd.col_start + c0 + lane) : 0);
       int j = 0;
-      for (; j + 16 <= nc; j += 16) {
-        float xv[16], wv[16];
+      if (nc == 32) {  // the whole chunk's loads in flight at once
+        float xv[32], wv[32];
 #pragma unroll
-        for (int q = 0; q < 16; ++q) {
+        for (int q = 0; q < 32; ++q) {
+          xv[q] = row[__shfl_sync(0xffffffffu, my_idx, q)];
+          wv[q] = __ldg(w + c0 + q);
+        }
+#pragma unroll
+        for (int q = 0; q < 32; q += 2) {
+          acc0 = fmaf(wv[q], xv[q], acc0);
+          acc1 = fmaf(wv[q + 1], xv[q + 1], acc1);
+        }
+        j = 32;
+      }
+      for (; j + 8 <= nc; j += 8) {
+        float xv[8], wv[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
           xv[q] = row[__shfl_sync(0xffffffffu, my_idx, j + q)];
           wv[q] = __ldg(w + c0 + j + q);
         }
 #pragma unroll
-        for (int q = 0; q < 16; q += 2) {
+        for (int q = 0; q < 8; q += 2) {
           acc0 = fmaf(wv[q], xv[q], acc0);
           acc1 = fmaf(wv[q + 1], xv[q + 1], acc1);
         }
@@ -525,17 +574,21 @@ __device__ __forceinline__ void sd_pull_warp(const int4* __restrict__ succs,
 // task can always run: no deadlock. Visibility: data stores, __threadfence_block, atomic flag
 // store; atomic flag read, __threadfence_block, data loads (atomics, so compute-sanitizer's
 // racecheck sees synchronisation, not races). Dynamic smem: n_nodes ints of flags, then the
-// output's split-K partials (warps × rows × classes floats) when split_output.
+// output's split-K partials (warps × rows × classes floats) when split_output. trace, when
+// not null, receives for block 0 and every task (forward at 4*v, backward at 4*(n_nodes+v))
+// the SM clock when the task began, when its inputs were ready and when it ended, and the
+// warp that ran it: a development probe of where the time goes.
 // succ_node[i] is the node index of successor record i.
-extern "C" __global__ void __launch_bounds__(1024) sd_step_flow(
+extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_flow(
     const Node* __restrict__ nodes, const int* __restrict__ preds,
     const int* __restrict__ colmap, const int4* __restrict__ succs,
     const int* __restrict__ succ_node, int n_nodes, const float* __restrict__ weight,
     const float* __restrict__ bias, float* act, float* dh, float* dz,
     const int* __restrict__ labels, float* loss_rows, int* correct_rows, int batch,
-    int row_stride, int rows, int split_output, int forward_only) {
+    int row_stride, int rows, int split_output, int forward_only, long long* trace) {
   extern __shared__ int smem_i[];
   int* flag = smem_i;
+  const bool tracing = trace != nullptr && blockIdx.x == 0;
   float* part = reinterpret_cast<float*>(smem_i + n_nodes);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int b0 = blockIdx.x * rows;
@@ -544,86 +597,62 @@ extern "C" __global__ void __launch_bounds__(1024) sd_step_flow(
   const int out = n_nodes - 1;
   for (int i = threadIdx.x; i < n_nodes; i += blockDim.x) flag[i] = i == 0 ? 1 : 0;
   __syncthreads();
-  // Everything a task reads that no other task writes (its record, its column addresses,
-  // its predecessor list) is loaded before it waits; the next task's record meanwhile.
-  Node next = nodes[min(1 + warp, out)];
+  // What a task reads that no other task writes (its column addresses, its predecessor
+  // list) is loaded before it waits.
   for (int v = 1 + warp; v < out; v += nwarps) {
-    const Node nd = next;
+    const long long t0 = tracing ? clock64() : 0;
+    const Node nd = nodes[v];
     const int first_idx = lane < min(32, nd.fan_in) ? __ldg(colmap + nd.col_start + lane) : 0;
     const int my_pred = lane < nd.n_preds ? __ldg(preds + nd.pred_start + lane) : 0;
-    if (v + nwarps < out) next = nodes[v + nwarps];
     for (int i = lane; i < nd.n_preds; i += 32) {
       const int p = i < 32 ? my_pred : __ldg(preds + nd.pred_start + i);
-      while (atomicAdd(flag + p, 0) < 1) __nanosleep(20);
+      while (atomicAdd(flag + p, 0) < 1) if (SD_SPIN_NS) __nanosleep(SD_SPIN_NS);
     }
     __syncwarp();
+    const long long t1 = tracing ? clock64() : 0;
     __threadfence_block();
     sd_fwd_warp(colmap, weight, bias, act, nd, b0, nb, row_stride, lane, first_idx);
     __threadfence_block();
     __syncwarp();
     if (lane == 0) atomicExch(flag + v, 1);
-  }
-  __syncthreads();
-  {  // the output: its fan-in (every sink) is split over the warps when the partials fit
-    const Node nd = nodes[out];
-    if (split_output) {
-      for (int i = threadIdx.x; i < nwarps * rows * nd.width; i += blockDim.x) part[i] = 0.f;
-      __syncthreads();
-      float* mine = part + warp * rows * nd.width;
-      int col = 0;
-      for (int i = 0; i < nd.n_preds; ++i) {
-        const Node p = nodes[preds[nd.pred_start + i]];
-        if (i % nwarps == warp) {
-          for (int it = lane; it < nb * nd.width; it += 32) {
-            const int r = it / nd.width, o = it % nd.width;
-            const float* x = act + (long long)(b0 + r) * row_stride + p.act;
-            const float* w = weight + nd.w_off + (long long)o * nd.fan_in + col;
-            float acc = 0.f;
-            for (int k = 0; k < p.width; ++k) acc = fmaf(__ldg(w + k), x[k], acc);
-            mine[it] += acc;
-          }
-        }
-        col += p.width;
-      }
-      __syncthreads();
-      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
-        float acc = bias[nd.b_off + it % nd.width];
-        for (int w = 0; w < nwarps; ++w) acc += part[w * rows * nd.width + it];
-        act[(long long)(b0 + it / nd.width) * row_stride + nd.act + it % nd.width] = acc;
-      }
-    } else {
-      for (int it = threadIdx.x; it < nb * nd.width; it += blockDim.x) {
-        float* row = act + (long long)(b0 + it / nd.width) * row_stride;
-        row[nd.act + it % nd.width] = sd_fwd_one(colmap, weight, bias, row, nd, it % nd.width);
-      }
+    if (tracing && lane == 0) {
+      trace[4 * v] = t0;
+      trace[4 * v + 1] = t1;
+      trace[4 * v + 2] = clock64();
+      trace[4 * v + 3] = warp;
     }
-    __syncthreads();
-  }
-  if (forward_only) return;
-  for (int r = threadIdx.x; r < nb; r += blockDim.x) {
-    const long long o = (long long)(b0 + r) * row_stride;
-    sd_softmax_row(nodes[out], act + o, dh + o, dz + o, labels[b0 + r], batch,
-                   loss_rows + b0 + r, correct_rows + b0 + r);
   }
   __syncthreads();
-  Node next_b = nodes[max(out - 1 - warp, 0)];
+  sd_output_rows(nodes, preds, colmap, weight, bias, act, part, out, b0, nb, rows, row_stride,
+                 split_output);
+  if (forward_only) return;
+  sd_softmax_rows(nodes[out], act, dh, dz, labels, loss_rows, correct_rows, b0, nb, batch,
+                  row_stride);
   for (int k = warp; k < out - 1; k += nwarps) {
     const int v = out - 1 - k;
-    const Node nd = next_b;
+    const long long t0 = tracing ? clock64() : 0;
+    const Node nd = nodes[v];
     const int4 first = lane < min(32, nd.n_succs) ? __ldg(succs + nd.succ_start + lane)
                                                   : make_int4(0, 0, 0, 0);
     const int my_succ = lane < nd.n_succs ? __ldg(succ_node + nd.succ_start + lane) : out;
-    if (k + nwarps < out - 1) next_b = nodes[v - nwarps];
     for (int i = lane; i < nd.n_succs; i += 32) {
       const int s = i < 32 ? my_succ : __ldg(succ_node + nd.succ_start + i);
       if (s != out)
-        while (atomicAdd(flag + s, 0) < 2) __nanosleep(20);
+        while (atomicAdd(flag + s, 0) < 2) if (SD_SPIN_NS) __nanosleep(SD_SPIN_NS);
     }
     __syncwarp();
+    const long long t1 = tracing ? clock64() : 0;
     __threadfence_block();
     sd_pull_warp(succs, weight, act, dh, dz, nd, b0, nb, row_stride, lane, first);
     __threadfence_block();
     __syncwarp();
     if (lane == 0) atomicExch(flag + v, 2);
+    if (tracing && lane == 0) {
+      long long* tb = trace + 4 * (n_nodes + v);
+      tb[0] = t0;
+      tb[1] = t1;
+      tb[2] = clock64();
+      tb[3] = warp;
+    }
   }
 }

@@ -6,7 +6,7 @@ from streamdag.backends.cuda import CudaBackend
 from streamdag.bench.dagbench import build_workload, resolve_spec
 
 work = build_workload(resolve_spec("M"))
-for mode in ("persistent", "fused"):
+for mode in ("persistent",):
     backend = CudaBackend(mode=mode)
     g, p = work.graph.copy(), work.params.copy()
     for _ in range(2):

@@ -8,13 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/streamdag-bench}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/streamdag-cache}
-PY=${PYTHON:-python3}
-
-if ! $PY -c "import structlog" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+source tools/device/env.sh
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   date -u

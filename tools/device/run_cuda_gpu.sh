@@ -5,14 +5,10 @@
 # quick per-mode probe; logs go to $OUT (or ./out).
 set -uo pipefail
 out=${OUT:-out}; mkdir -p "$out"
-if ! python3 -c "import structlog" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source tools/device/env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -m pytest tests/gpu/test_cuda_backend.py -q -x -p no:cacheprovider 2>&1 | tee "$out/pytest_cuda.log" | tail -30
-cat > /tmp/san.py <<'PY'
+$PY -m pytest tests/gpu/test_cuda_backend.py -q -x -p no:cacheprovider 2>&1 | tee "$out/pytest_cuda.log" | tail -30
+cat > /tmp/san.py <<'EOF_PY'
 import numpy as np
 from streamdag.backends.cuda import CudaBackend
 from streamdag.mutation import DuplicateDepth, DuplicateWidth, apply_mutations
@@ -27,15 +23,15 @@ for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull")]:
     for i in range(2): print(mode, bwd, b.step(gg, pp, x, y, lr=0.1, momentum=0.9).loss)
     b.sync_params(pp); r = apply_mutations(gg, pp, [DuplicateDepth(3), DuplicateWidth(5)]); b.on_mutation(gg, pp, r)
     print(mode, bwd, b.step(gg, pp, x, y, lr=0.1).loss, b.predict(gg, pp, x).shape)
-PY
+EOF_PY
 for tool in memcheck racecheck; do
-  timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 python3 /tmp/san.py > "$out/sanitizer_$tool.log" 2>&1
+  timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san.py > "$out/sanitizer_$tool.log" 2>&1
   echo "compute-sanitizer $tool exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
 done
-timeout 300 python3 tools/cuda_quick.py S M L 2>&1 | tee "$out/cuda_quick.log"
+timeout 300 $PY tools/cuda_quick.py S M L 2>&1 | tee "$out/cuda_quick.log"
 # the same digits run on both backends: accuracy and grown structure
 for b in reference cuda; do
-  python3 -m streamdag --log-level warning train --dataset digits --backend $b --no-progress \
+  rm -rf "/tmp/digits-$b"; $PY -m streamdag --log-level warning train --dataset digits --backend $b --no-progress \
     --out "/tmp/digits-$b" --summary-json "$out/digits-$b.json" && cat "$out/digits-$b.json"
   cp "/tmp/digits-$b/network.dot" "$out/digits-$b.dot"
 done

@@ -7,16 +7,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/streamdag-gpu}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/streamdag-cache}
-PY=${PYTHON:-python3}
-
-# The scheduler needs numpy and cuda.core only, but `import streamdag` (the package's
-# __init__) also pulls the trainer's dependencies (structlog); wheels carried in .whl/
-# fill the gap on a bare machine.
-if ! $PY -c "import structlog" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+source tools/device/env.sh
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u;
   $PY -c "import cuda.core, numpy, sys; print('cuda.core', cuda.core.__version__, 'numpy', numpy.__version__, 'python', sys.version.split()[0])"; } \
