@@ -69,14 +69,15 @@ def main(presets: list[str]) -> None:
         for mode, bwd, rows, flow, threads in [("persistent", "pull", None, True, 512),
                                                ("persistent", "pull", None, False, 512),
                                                ("graph", "pull", None, True, 512),
-                                               ("graph", "push", None, True, 512)]:
+                                               ("graph", "push", None, True, 512),
+                                               ("streams", "pull", None, True, 512)]:
             g, p = work.graph.copy(), work.params.copy()
             b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows, dataflow=flow,
                             step_threads=threads)
             losses = [b.step(g, p, work.x, work.y, lr=0.01).loss for _ in range(3)]
             if ref is None:
                 ref = losses
-            n = 30 if preset != "L" else 10
+            n = (30 if preset != "L" else 10) if mode != "streams" else 3
             times = []
             for _ in range(n):
                 t0 = time.perf_counter()

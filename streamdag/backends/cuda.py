@@ -28,6 +28,11 @@ A step is a handful of launches whose shape depends on ``mode``:
   weight-gradient and loss launches: ``2 × levels + 4`` launches.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
   after a mutation.
+* ``streams``: the literal design, through :mod:`streamdag.scheduler`: one task per group
+  for its forward and one for its backward (plus softmax, one weight-update task for all
+  groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
+  edge the transitive reduction keeps, launched one by one from Python. The plan and the
+  bound executor are rebuilt after a mutation. It is the baseline the other modes beat.
 
 Kernels and their reference functions are listed in ``kernels/network.cu``. After a mutation
 batch the tables are rebuilt on the host (cheap), and only the parameter slots the batch
@@ -54,7 +59,7 @@ from .base import Backend, GroupStats
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
 
-MODES = ("persistent", "fused", "graph")
+MODES = ("persistent", "fused", "graph", "streams")
 BACKWARDS = ("pull", "push")
 KERNEL_FILE = "network.cu"
 NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
@@ -224,12 +229,14 @@ class CudaBackend(Backend):
     """Training steps on an NVIDIA GPU.
 
     Args:
-        mode: ``"persistent"`` (default), ``"fused"`` or ``"graph"`` (see the module note).
+        mode: ``"persistent"`` (default), ``"fused"``, ``"graph"`` or ``"streams"`` (see the
+            module note).
         backward: ``"pull"`` (deterministic gather, default) or ``"push"`` (atomic adds;
             ``fused``/``graph`` modes only).
         device: the CUDA device ordinal.
         rows_per_block: batch rows per block in ``persistent`` mode (default: spread the
             batch over the multiprocessors).
+        streams: CUDA streams of the ``streams`` mode.
         step_threads: block size of the ``persistent`` kernels (more threads, more groups in
             flight, but fewer registers each: 1024 threads spill).
         dataflow: in ``persistent`` mode, let each group wait only for its own inputs
@@ -244,13 +251,13 @@ class CudaBackend(Backend):
 
     def __init__(self, *, mode: str = "persistent", backward: str = "pull", device: int = 0,
                  rows_per_block: int | None = None, dataflow: bool = True,
-                 step_threads: int = STEP_THREADS) -> None:
+                 step_threads: int = STEP_THREADS, streams: int = 4) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
         if backward not in BACKWARDS:
             raise ConfigError(f"backward must be pull or push, got {backward!r}")
-        if backward == "push" and mode == "persistent":
-            raise ConfigError("push backward needs mode fused or graph (persistent pulls)")
+        if backward == "push" and mode in ("persistent", "streams"):
+            raise ConfigError(f"push backward needs mode fused or graph ({mode} pulls)")
         from .. import driver, kernels
 
         self.mode, self.backward = mode, backward
@@ -261,6 +268,7 @@ class CudaBackend(Backend):
         if step_threads not in (256, 512, 1024):
             raise ConfigError(f"step_threads must be 256, 512 or 1024, got {step_threads}")
         self._step_threads = step_threads
+        self._streams = streams
         module = kernels.load(KERNEL_FILE, self.gpu, defines=[f"SD_STEP_THREADS={step_threads}"])
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
@@ -275,6 +283,8 @@ class CudaBackend(Backend):
         self._tables: NetTables | None = None
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
+        self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
+        self._executor_key: tuple[int, int] | None = None
         self._structure = 0          # bumps on every rebuild of the tables
         self._layout: tuple[int, int] | None = None  # (id(params), layout_version) mirrored
         self._arena_sizes: tuple[int, int] = (0, 0)
@@ -297,6 +307,8 @@ class CudaBackend(Backend):
         self._set_hyper(lr, momentum, weight_decay)
         if self.mode == "persistent":
             self._launch_persistent(batch, forward_only=False)
+        elif self.mode == "streams":
+            self._launch_streams(batch)
         elif self.mode == "fused":
             self._launch_levels(self.stream, batch)
         else:
@@ -540,6 +552,65 @@ class CudaBackend(Backend):
                     stream=stream)
         self._launch_update(stream, batch)
 
+    def _launch_streams(self, batch: int) -> None:
+        """The literal design: one scheduler task per group and phase, on several streams
+        with an event on every cross-stream edge (see :mod:`streamdag.scheduler`)."""
+        key = (self._structure, batch)
+        if self._executor is None or self._executor_key != key:
+            from ..scheduler import CudaExecutor, make_plan
+
+            plan = make_plan(self._step_task_graph(batch), streams=self._streams,
+                             policy="critical_path")
+            self._executor = CudaExecutor(plan, self._bufs, gpu=self.gpu, mode="streams")
+            self._executor_key = key
+        self.stream.sync()  # the batch and hyper-parameters are queued on self.stream
+        self._executor.run(sync=True)
+
+    def _step_task_graph(self, batch: int) -> Any:
+        """The training step as a scheduler task graph over the node tables."""
+        from ..scheduler import Buf, KernelSpec, TaskGraph
+
+        t = self._tables
+        assert t is not None
+        spec = {name: KernelSpec.from_source(KERNEL_FILE, name) for name in (
+            "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_wgrad_update",
+            "sd_reduce_loss")}
+        i32, b = np.int32, Buf
+        common = (i32(batch), i32(t.row_stride))
+        n, out = len(t.nodes), len(t.nodes) - 1
+        fwd_grid, bwd_grid = (1, math.ceil(batch / FWD_ROWS)), (1, math.ceil(batch / BWD_ROWS))
+        tg = TaskGraph("training-step")
+        fwd = {v: tg.launch(f"fwd{v}", spec["sd_forward"], b("nodes"), b("colmap"), i32(v),
+                            b("weight"), b("bias"), b("act"), *common, grid=fwd_grid,
+                            block=LEVEL_THREADS) for v in range(1, n)}
+        loss = tg.launch("softmax", spec["sd_softmax_xent"], b("nodes"), i32(out), b("act"),
+                         b("dh"), b("dz"), b("labels"), b("loss_rows"), b("correct_rows"),
+                         *common, grid=math.ceil(batch / 128), block=128)
+        bwd = {v: tg.launch(f"bwd{v}", spec["sd_backward_pull"], b("nodes"), b("succs"),
+                            i32(v), b("weight"), b("act"), b("dh"), b("dz"), *common,
+                            grid=bwd_grid, block=LEVEL_THREADS) for v in range(1, out)}
+        bwd[out] = loss  # the output's dz comes from the softmax
+        update = tg.launch("update", spec["sd_wgrad_update"], b("nodes"), b("tiles"),
+                           b("colmap"), b("weight"), b("bias"), b("weight_mom"),
+                           b("bias_mom"), b("act"), b("dh"), b("dz"), b("hyper"), *common,
+                           b("grad_std"), b("act_mean"), grid=len(t.tiles), block=WG_THREADS)
+        reduce = tg.launch("loss", spec["sd_reduce_loss"], b("loss_rows"), b("correct_rows"),
+                           i32(batch), b("loss"), b("correct"), grid=1, block=256)
+        nodes = t.nodes.tolist()
+        for v in range(1, n):
+            start, count = nodes[v][5], nodes[v][6]
+            for p in t.preds[start : start + count].tolist():
+                if p:
+                    fwd[p].precede(fwd[v])
+        fwd[out].precede(loss)
+        for v in range(1, out):
+            start, count = nodes[v][7], nodes[v][8]
+            for s in t.succ_node[start : start + count].tolist():
+                bwd[s].precede(bwd[v])
+            bwd[v].precede(update)
+        loss.precede(update, reduce)
+        return tg
+
     def _launch_graph(self, batch: int) -> None:
         key = (self._structure, batch)
         if self._graph_exe is None or self._graph_key != key:
@@ -590,7 +661,8 @@ class CudaBackend(Backend):
                 f"the network needs {nbytes / 2**20:.1f} MiB more for {name!r} on "
                 f"{self.gpu.name} ({held / 2**20:.1f} MiB already held; "
                 f"{self.gpu.memory_info()[0] / 2**20:.1f} MiB free)") from exc
-        self._graph_exe = None  # captured graphs hold raw pointers
+        self._graph_exe = None  # captured graphs and bound executors hold raw pointers
+        self._executor = None
         return buf
 
     def _put(self, name: str, array: np.ndarray) -> None:

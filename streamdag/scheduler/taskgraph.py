@@ -383,12 +383,15 @@ class TaskGraph:
             UnknownTaskError: a dependency names a task that does not exist.
             TaskCycleError: the dependencies form a cycle (the message lists one).
         """
-        while self._pending:
-            src, dst = self._pending[0]
-            s = src.index if isinstance(src, Task) else self.task(src).index
-            d = dst.index if isinstance(dst, Task) else self.task(dst).index
+        pending, self._pending = self._pending, []
+        for i, (src, dst) in enumerate(pending):
+            try:
+                s = src.index if isinstance(src, Task) else self.task(src).index
+                d = dst.index if isinstance(dst, Task) else self.task(dst).index
+            except UnknownTaskError:
+                self._pending = pending[i:]  # unresolved edges stay pending
+                raise
             self._succ[s][d] = None
-            self._pending.pop(0)
         n = len(self.specs)
         indeg = [0] * n
         for targets in self._succ:
