@@ -78,12 +78,13 @@ class TrainConfig:
     init_groups: int = 1
     max_groups: int | None = 48
     growth: bool = True
-    threshold: float = 0.0004
-    every: int = 10
-    cooldown: int = 60
-    kind: str = "mixed"
-    depth_fraction: float = 0.5
-    prune_below: float | None = None
+    # the growth policy's own defaults, so the two cannot drift apart
+    threshold: float = GrowthPolicy.threshold
+    every: int = GrowthPolicy.every
+    cooldown: int = GrowthPolicy.cooldown
+    kind: str = GrowthPolicy.kind
+    depth_fraction: float = GrowthPolicy.depth_fraction
+    prune_below: float | None = GrowthPolicy.prune_below
     noise: float = 0.01
     checkpoint_every: int = 0
 
