@@ -315,7 +315,9 @@ class NetworkGraph:
                     raise InvariantError(f"group {g}: predecessor {node_name(p)} is not a group")
                 succs[p].append(g)
         for node, lst in succs.items():
-            if sorted(lst) != sorted(self._succs.get(node, [])):
+            stored = self._succs.get(node, [])
+            # lst has no duplicates (checked above), so equal length + equal sets = same list
+            if len(lst) != len(stored) or set(lst) != set(stored):
                 raise InvariantError(f"successor index of {node_name(node)} is stale")
         sinks = [g for g in sorted(self._groups) if not succs[g]]
         if sorted(self._output.preds) != sinks:

@@ -190,9 +190,11 @@ class ParamStore:
             missing = sorted(expected - set(self._slots))
             raise InvariantError(f"parameters out of step with the graph: extra {extra}, "
                                  f"missing {missing}")
+        width = {INPUT: graph.n_inputs, OUTPUT: graph.n_classes}
+        width.update((grp.id, grp.width) for grp in graph)
         for node in expected:
             s = self._slots[node]
-            want = (graph.width(node), graph.fan_in(node))
+            want = (width[node], sum(width[p] for p in graph.preds(node)))
             if (s.rows, s.cols) != want:
                 raise InvariantError(
                     f"{node_name(node)}: weight shape {(s.rows, s.cols)} but the graph says {want}"
