@@ -298,9 +298,7 @@ def _duplicate_width(
     params.copy_bias(new, src, src=g)
     if noise > 0:
         assert rng is not None
-        w = params.weight(g)
-        scale = noise * float(w.std() or 1.0)
-        params.add_to_weights(new, rng.standard_normal(w.shape) * scale)
+        params.add_noise(new, rng.standard_normal((src.rows, src.cols)), noise)
     for s in succs:
         old_preds = graph.preds(s)
         old_offs = graph.column_offsets(s)

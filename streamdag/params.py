@@ -63,7 +63,12 @@ class ParamOp:
         ``copy_bias``: ``b[dst] = b[src]`` and the same for the bias momentum.
         ``identity``: ``W[dst] = I``.
         ``set``: ``W[dst] = values[0]``, ``b[dst] = values[1]`` (host-provided values).
-        ``add_weights``: ``W[dst] += values[0]`` (host-provided noise).
+        ``add_weights``: ``W[dst] += values[0]`` (host-provided values).
+        ``add_noise``: ``W[dst] += values[0] * scale * (std(W[dst]) or 1)`` — noise relative
+            to the weights' own spread, which a device mirror computes from its own values.
+
+    ``slot`` is ``dst``'s slot when the op was applied and ``src_slot`` the source's (which
+    may be a slot replaced earlier in the batch): a mirror replays ops by offset, in order.
     """
 
     kind: str
@@ -76,6 +81,8 @@ class ParamOp:
     ncols: int = 0
     scale: float = 1.0
     values: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+    slot: Slot | None = None
+    src_slot: Slot | None = None
 
 
 class ParamStore:
@@ -214,7 +221,7 @@ class ParamStore:
         self._w_top += w_size
         self._b_top += rows
         self._slots[node] = slot
-        self._record(ParamOp("alloc", node, rows=rows, cols=cols))
+        self._record(ParamOp("alloc", node, rows=rows, cols=cols, slot=slot))
         return slot
 
     def release(self, node: int) -> None:
@@ -243,14 +250,15 @@ class ParamStore:
                 src_slot.rows, src_slot.cols)
             dv[:, dst_col : dst_col + ncols] = sv[:, src_col : src_col + ncols] * scale
         self._record(ParamOp("copy_cols", dst, src=src, dst_col=dst_col, src_col=src_col,
-                             ncols=ncols, scale=scale, rows=d.rows))
+                             ncols=ncols, scale=scale, rows=d.rows, cols=d.cols, slot=d,
+                             src_slot=src_slot))
 
     def copy_bias(self, dst: int, src_slot: Slot, *, src: int | None = None) -> None:
         """``b[dst] = b(src_slot)``, and the same for the bias momentum."""
         d = self.slot(dst)
         for arena in (self._b, self._vb):
             arena[d.b_off : d.b_off + d.rows] = arena[src_slot.b_off : src_slot.b_off + d.rows]
-        self._record(ParamOp("copy_bias", dst, src=src, rows=d.rows))
+        self._record(ParamOp("copy_bias", dst, src=src, rows=d.rows, slot=d, src_slot=src_slot))
 
     def set_identity(self, node: int) -> None:
         """``W[node] = I`` (square slots only)."""
@@ -258,19 +266,36 @@ class ParamStore:
         if w.shape[0] != w.shape[1]:
             raise InvariantError(f"{node_name(node)}: identity needs a square slot, {w.shape}")
         w[...] = np.eye(w.shape[0], dtype=self.dtype)
-        self._record(ParamOp("identity", node, rows=w.shape[0], cols=w.shape[1]))
+        self._record(ParamOp("identity", node, rows=w.shape[0], cols=w.shape[1],
+                             slot=self.slot(node)))
 
     def set_values(self, node: int, w: np.ndarray, b: np.ndarray) -> None:
         """Overwrite ``node``'s weights and bias with host values (momenta untouched)."""
         self.weight(node)[...] = w
         self.bias(node)[...] = b
         self._record(ParamOp("set", node, values=(self.weight(node).copy(),
-                                                  self.bias(node).copy())))
+                                                  self.bias(node).copy()),
+                             slot=self.slot(node)))
 
     def add_to_weights(self, node: int, delta: np.ndarray) -> None:
         """``W[node] += delta`` (symmetry-breaking noise)."""
         self.weight(node)[...] += delta
-        self._record(ParamOp("add_weights", node, values=(np.asarray(delta, self.dtype),)))
+        self._record(ParamOp("add_weights", node, values=(np.asarray(delta, self.dtype),),
+                             slot=self.slot(node)))
+
+    def add_noise(self, node: int, z: np.ndarray, relative: float) -> None:
+        """``W[node] += z * relative * (std(W[node]) or 1)``: noise scaled to the weights.
+
+        Recorded as one ``add_noise`` op, so that a device mirror scales ``z`` by the std of
+        *its* copy of the weights (the host copy may be stale while the device trains).
+        """
+        w = self.weight(node)
+        z = np.asarray(z, dtype=self.dtype)
+        if z.shape != w.shape:
+            raise InvariantError(f"{node_name(node)}: noise of shape {z.shape} for {w.shape}")
+        w += z * (relative * float(w.std() or 1.0))
+        self._record(ParamOp("add_noise", node, rows=w.shape[0], cols=w.shape[1],
+                             scale=float(relative), values=(z,), slot=self.slot(node)))
 
     # ------------------------------------------------------------------ transactions
     def begin(self) -> None:
