@@ -368,10 +368,19 @@ def graph_kernel_node(
     args: Sequence[Any] = (),
 ) -> Handle:
     """Add a kernel node that depends on ``deps`` (none: a root) and return it."""
+    return _after(graph, deps).launch(config, kernel, *args)
+
+
+def graph_record_node(graph: Handle, deps: Sequence[Handle], event: Handle) -> Handle:
+    """Add a node recording ``event`` once ``deps`` (none: a root) have run; returns it."""
+    return _after(graph, deps).record(event)
+
+
+def _after(graph: Handle, deps: Sequence[Handle]) -> Handle:
+    """What a new node is added to: the graph itself (a root), a dependency, or a join."""
     if not deps:
-        return graph.launch(config, kernel, *args)
-    parent = deps[0] if len(deps) == 1 else graph.join(*deps)
-    return parent.launch(config, kernel, *args)
+        return graph
+    return deps[0] if len(deps) == 1 else graph.join(*deps)
 
 
 def instantiate(graph: Handle) -> Handle:

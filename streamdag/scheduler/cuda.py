@@ -15,8 +15,11 @@ device. A run then only issues work.
   :meth:`CudaExecutor.update_args` rebuilds the definition with the new arguments and
   updates the executable graph in place (``Graph.update``); ``instantiations`` stays 1.
 
-Observer records come from timing events recorded around each launch (streams mode) or
-around the whole replay (graph mode: one record, task ``"<graph>"``), read after the sync.
+Observer records come from timing events, read after the run's sync: in streams mode
+recorded around each launch; in graph mode by a *profiled* copy of the graph (instantiated on
+the first observed run) with an event-record node before and after every kernel node, so a
+record per launch too (``stream`` -1: a graph has no streams; ``waited`` empty: its edges are
+the plan's ``preds``). Unobserved runs replay the plain graph.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class CudaExecutor:
         self._join = [self.gpu.event() for _ in self._streams]
         self._graph_def: Any = None
         self._graph: Any = None
+        self._profiled: tuple[Any, Any, list[tuple[Any, Any]]] | None = None
         if mode == "graph":
             self._graph_def = self._definition()
             self._graph = driver.instantiate(self._graph_def)
@@ -167,6 +171,27 @@ class CudaExecutor:
             nodes.append(driver.graph_kernel_node(gd, deps, cfg, k, args))
         return gd
 
+    def _profiled_graph(self) -> tuple[Any, Any, list[tuple[Any, Any]]]:
+        """(executable, origin event, (start, end) events per launch): the graph with a
+        timing event recorded right before and right after every kernel node."""
+        if self._profiled is None:
+            gd = driver.graph_definition()
+            origin = self.gpu.event(timing=True)
+            root = driver.graph_record_node(gd, [], origin)
+            stamps: list[tuple[Any, Any]] = []
+            ends: list[Any] = []
+            for lau, (k, cfg, args) in zip(self.plan.launches, self._launch_args,
+                                           strict=True):
+                a, b = self.gpu.event(timing=True), self.gpu.event(timing=True)
+                before = driver.graph_record_node(gd, [ends[p] for p in lau.preds] or [root], a)
+                node = driver.graph_kernel_node(gd, [before], cfg, k, args)
+                ends.append(driver.graph_record_node(gd, [node], b))
+                stamps.append((a, b))
+            exe = driver.instantiate(gd)
+            exe.upload(self._streams[0])
+            self._profiled = (exe, origin, stamps)
+        return self._profiled
+
     # -- running ----------------------------------------------------------------------
 
     def run(self, *, sync: bool = True) -> None:
@@ -174,17 +199,7 @@ class CudaExecutor:
         observe = self.observer is not None and sync
         s0 = self._streams[0]
         if self.mode == "graph":
-            if observe:
-                t0, t1 = self.gpu.event(timing=True), self.gpu.event(timing=True)
-                driver.record(s0, t0)
-            driver.graph_launch(self._graph, s0)
-            if observe:
-                driver.record(s0, t1)
-            if sync:
-                s0.sync()
-            if observe and self.observer is not None:
-                self.observer.on_run([TaskRecord("cuda-graph", -1, ("<graph>",), 0, 0.0,
-                                                 driver.elapsed_ms(t0, t1) * 1e3, ())])
+            self._run_graph(observe, sync)
             return
         streams, events = self._streams, self._events
         driver.record(s0, self._join[0])
@@ -214,13 +229,31 @@ class CudaExecutor:
         if sync:
             s0.sync()
         if observe and self.observer is not None:
-            self.observer.on_run([
-                TaskRecord("cuda-streams", lau.id,
-                           tuple(self.plan.tasks[t].name for t in lau.tasks), lau.stream,
-                           driver.elapsed_ms(origin, a) * 1e3, driver.elapsed_ms(a, b) * 1e3,
-                           lau.waits)
-                for lau, (a, b) in zip(self.plan.launches, stamps, strict=True)
-            ])
+            self.observer.on_run(self._records("cuda-streams", origin, stamps))
+
+    def _run_graph(self, observe: bool, sync: bool) -> None:
+        s0 = self._streams[0]
+        if not observe:
+            driver.graph_launch(self._graph, s0)
+            if sync:
+                s0.sync()
+            return
+        exe, origin, stamps = self._profiled_graph()
+        driver.graph_launch(exe, s0)
+        s0.sync()
+        assert self.observer is not None
+        self.observer.on_run(self._records("cuda-graph", origin, stamps))
+
+    def _records(self, executor: str, origin: Any, stamps: list[tuple[Any, Any]]
+                 ) -> list[TaskRecord]:
+        """One record per launch from its (start, end) events; graph mode has no streams."""
+        graph = executor == "cuda-graph"
+        return [
+            TaskRecord(executor, lau.id, tuple(self.plan.tasks[t].name for t in lau.tasks),
+                       -1 if graph else lau.stream, driver.elapsed_ms(origin, a) * 1e3,
+                       driver.elapsed_ms(a, b) * 1e3, () if graph else lau.waits)
+            for lau, (a, b) in zip(self.plan.launches, stamps, strict=True)
+        ]
 
     def sync(self) -> None:
         """Wait until every queued run has finished."""
@@ -259,4 +292,5 @@ class CudaExecutor:
         if self.mode == "graph" and touched:
             self._graph_def = self._definition()
             driver.graph_update(self._graph, self._graph_def)
+            self._profiled = None  # rebuilt with the new arguments at the next observed run
             self.updates += 1

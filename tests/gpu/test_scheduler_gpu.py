@@ -173,6 +173,30 @@ def test_streams_mode_runs_back_to_back_and_observes(gpu) -> None:
             assert r.start_us >= p.start_us + p.dur_us - 1.0
 
 
+def test_graph_mode_observes_every_launch(gpu) -> None:
+    tg, host = kernel_dag(5, 60)
+    want = expected(tg, host)
+    dev = to_device(gpu, host)
+    col = Collector()
+    plan = make_plan(tg, streams=4, fuse=True)
+    ex = CudaExecutor(plan, dev, gpu=gpu, mode="graph")
+    ex.run()  # unobserved: the plain graph
+    ex.observer = col
+    ex.run()
+    check_same(gpu, dev, want)  # every task overwrites its output: runs are idempotent
+    (records,) = col.runs
+    assert [r.launch for r in records] == [lau.id for lau in plan.launches]
+    assert [r.tasks for r in records] == [
+        tuple(plan.tasks[t].name for t in lau.tasks) for lau in plan.launches]
+    assert all(r.executor == "cuda-graph" and r.stream == -1 for r in records)
+    assert all(r.dur_us > 0 and r.start_us >= 0 for r in records)
+    for lau in plan.launches:  # a node starts after each of its dependencies ended
+        r = records[lau.id]
+        for p in lau.preds:
+            assert r.start_us >= records[p].start_us + records[p].dur_us - 1.0
+    assert ex.instantiations == 1
+
+
 def test_device_limits_are_checked_before_anything_launches(gpu) -> None:
     lim = gpu.limits()
     assert lim.threads_per_block == 1024 and lim.shmem_bytes >= 48 * 1024
