@@ -20,6 +20,13 @@ Every ``every`` steps :meth:`GrowthPolicy.propose` turns scores into mutations:
 
 A group that was just created or duplicated is in cooldown for ``cooldown`` steps: an
 identity copy receives its parent's gradient and would otherwise be marked at once.
+
+With the built-in criterion, a backend that keeps the scores itself (a
+:class:`~streamdag.backends.base.ScoreTracker`, e.g. the CUDA backend) can be attached
+(:meth:`GrowthPolicy.attach`): the EMAs are then updated on the device inside each step, and
+``propose`` asks it only for the groups passing the thresholds — the same scores, bit for
+bit, without per-group statistics crossing to the host every step. The criteria objects are
+brought up to date whenever the policy's state is read (checkpoints) or it is detached.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import GroupStats
+from .backends.base import GroupStats, ScoreTracker
 from .errors import ConfigError
 from .graph import NetworkGraph
 from .mutation import DuplicateDepth, DuplicateWidth, Mutation, MutationReport, Prune
@@ -106,6 +113,10 @@ class EmaCriterion(Criterion):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.decay = float(state["decay"])
         self._ema = {int(g): float(v) for g, v in state["ema"]}
+
+    def load_scores(self, scores: Mapping[int, float]) -> None:
+        """Replace every score (from a :class:`~streamdag.backends.base.ScoreTracker`)."""
+        self._ema = {int(g): float(v) for g, v in scores.items()}
 
 
 class GradStdCriterion(EmaCriterion):
@@ -193,10 +204,51 @@ class GrowthPolicy:
             self.criterion = GradStdCriterion()
         self._activity = ActMeanCriterion()
         self._cool_until: dict[int, int] = {}
+        self._tracker: ScoreTracker | None = None
 
+    # ------------------------------------------------------------------ device scores
+    def attach(self, tracker: object) -> bool:
+        """Let ``tracker`` keep the scores, if it can and the criterion is the built-in one.
+
+        Returns whether it was attached. Until :meth:`detach`, :meth:`observe` does nothing
+        (the tracker folds each step in itself) and :meth:`propose` asks the tracker.
+        """
+        if self._tracker is not None:
+            return self._tracker is tracker
+        if type(self.criterion) is not GradStdCriterion or not isinstance(tracker, ScoreTracker):
+            return False
+        assert isinstance(self.criterion, GradStdCriterion)
+        tracker.track_scores((self.criterion.decay, self._activity.decay),
+                             self.criterion.scores(), self._activity.scores())
+        self._tracker = tracker
+        return True
+
+    def detach(self) -> None:
+        """Take the scores back from the tracker into the criteria; host scoring again."""
+        if self._tracker is None:
+            return
+        self._pull_scores()
+        self._tracker.untrack_scores()
+        self._tracker = None
+
+    @property
+    def attached(self) -> bool:
+        return self._tracker is not None
+
+    def _pull_scores(self) -> None:
+        if self._tracker is not None:
+            assert isinstance(self.criterion, GradStdCriterion)
+            std, act = self._tracker.read_scores()
+            self.criterion.load_scores(std)
+            # the host keeps activity scores only when it prunes; so does the state then
+            self._activity.load_scores(act if self.prune_below is not None else {})
+
+    # ------------------------------------------------------------------ growing
     def observe(self, stats: GroupStats) -> None:
-        """Fold one step's statistics into the criterion."""
+        """Fold one step's statistics into the criterion (attached: the tracker did)."""
         assert self.criterion is not None
+        if self._tracker is not None:
+            return
         self.criterion.update(stats)
         if self.prune_below is not None:
             self._activity.update(stats)
@@ -208,21 +260,30 @@ class GrowthPolicy:
         assert self.criterion is not None
         if (step + 1) % self.every:
             return []
-        scores = self.criterion.scores()
-        ready = [g for g in graph.group_ids()
-                 if g in scores and self._cool_until.get(g, -1) <= step]
+        # groups whose score passes the threshold, and (pruning) whose activity is below
+        if self._tracker is not None:
+            above = self._tracker.scores_passing("grad_std", self.threshold)
+            dead_ids: Iterable[int] = () if self.prune_below is None else \
+                self._tracker.scores_passing("act_mean", self.prune_below)
+        else:
+            scores = self.criterion.scores()
+            above = {g: v for g, v in scores.items() if v > self.threshold}
+            dead_ids = () if self.prune_below is None else [
+                g for g, v in self._activity.scores().items()
+                if v < self.prune_below and g in scores]
+        ready = [g for g in graph.group_ids() if self._cool_until.get(g, -1) <= step]
         out: list[Mutation] = []
         pruned: set[int] = set()
         if self.prune_below is not None:
-            act = self._activity.scores()
-            dead = [g for g in ready if act.get(g, np.inf) < self.prune_below]
+            dead_set = set(dead_ids)
+            dead = [g for g in ready if g in dead_set]
             # never prune a whole network away
             pruned = set(dead[: max(len(graph) - 1, 0)])
             out += [Prune(g) for g in sorted(pruned)]
-        marked = [g for g in ready if g not in pruned and scores[g] > self.threshold]
+        marked = [g for g in ready if g not in pruned and g in above]
         chosen = select_closest_to_input(graph, marked)
         if graph.max_groups is not None:
-            chosen = apply_cap(chosen, scores, graph.max_groups - len(graph) + len(pruned))
+            chosen = apply_cap(chosen, above, graph.max_groups - len(graph) + len(pruned))
         for g in chosen:
             depth = self.kind == "depth" or (
                 self.kind == "mixed" and rng.random() < self.depth_fraction)
@@ -238,13 +299,17 @@ class GrowthPolicy:
                 touched += [m.group] + ([new] if new is not None else [])
         for g in touched:
             self._cool_until[g] = step + 1 + self.cooldown
-        self.criterion.forget([*touched, *report.removed])
-        self._activity.forget([*touched, *report.removed])
+        if self._tracker is not None:
+            self._tracker.forget_scores([*touched, *report.removed])
+        else:
+            self.criterion.forget([*touched, *report.removed])
+            self._activity.forget([*touched, *report.removed])
         for g in report.removed:
             self._cool_until.pop(g, None)
 
     def state_dict(self) -> dict[str, Any]:
         assert self.criterion is not None
+        self._pull_scores()
         return {
             "criterion": self.criterion.state_dict(),
             "activity": self._activity.state_dict(),
@@ -253,6 +318,10 @@ class GrowthPolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self.criterion is not None
+        tracker = self._tracker
+        self.detach()
         self.criterion.load_state_dict(state["criterion"])
         self._activity.load_state_dict(state["activity"])
         self._cool_until = {int(g): int(s) for g, s in state["cool_until"]}
+        if tracker is not None:
+            self.attach(tracker)

@@ -114,6 +114,9 @@ class ParamStore:
         self._w_top = 0
         self._b_top = 0
         self.layout_version = 0
+        #: the layout_version of the last compaction (the last time slots moved); versions
+        #: after it only grew arenas, which a mirror can follow without the host's values
+        self.moved_version = 0
         self._txn: _Txn | None = None
 
     # ------------------------------------------------------------------ construction
@@ -293,7 +296,7 @@ class ParamStore:
         z = np.asarray(z, dtype=self.dtype)
         if z.shape != w.shape:
             raise InvariantError(f"{node_name(node)}: noise of shape {z.shape} for {w.shape}")
-        w += z * (relative * float(w.std() or 1.0))
+        w += z * (relative * (float(w.std(dtype=np.float64)) or 1.0))
         self._record(ParamOp("add_noise", node, rows=w.shape[0], cols=w.shape[1],
                              scale=float(relative), values=(z,), slot=self.slot(node)))
 
@@ -365,6 +368,7 @@ class ParamStore:
         self._w, self._vw, self._b, self._vb = w, vw, b, vb
         self._w_top, self._b_top = wt, bt
         self.layout_version += 1
+        self.moved_version = self.layout_version
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:

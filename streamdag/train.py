@@ -9,6 +9,11 @@ One :class:`Trainer` owns the network (graph + params), the growth policy, one s
 2. ``policy.observe`` the statistics; ``policy.propose`` mutations onto the queue;
 3. apply the queue as one atomic batch, tell the backend and the policy.
 
+On a GPU backend the statistics and the growth scores stay on the device (the policy is
+attached to the backend, which folds each step in itself) and a batch is applied to the host
+store without a download first: the device replays it (``Backend.replays_param_ops``). The
+host parameters are brought up to date only to evaluate and to checkpoint.
+
 Everything the next iteration depends on is in the checkpoint, written atomically at each
 epoch's end (and every ``checkpoint_every`` steps if set, and when a stop is requested), so
 :meth:`Trainer.resume` continues bit-identically: same batches, same mutations, same
@@ -269,6 +274,8 @@ class Trainer:
         c = self.config
         self._stop = False
         steps_left = max_steps
+        if c.growth:  # a backend that keeps the growth scores itself (the GPU) does so
+            self.policy.attach(self.backend)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         n = len(self.dataset.y_train)
@@ -336,7 +343,8 @@ class Trainer:
         return 0.5 * c.lr * (1.0 + math.cos(math.pi * min(self.counters.step / total, 1.0)))
 
     def _apply_queue(self, step: int) -> None:
-        self.backend.sync_params(self.params)
+        if not self.backend.replays_param_ops:  # else the device replays the batch itself
+            self.backend.sync_params(self.params)
         try:
             report = self.queue.apply(self.graph, self.params, step=step, rng=self.rng,
                                       noise=self.config.noise)

@@ -2,15 +2,27 @@
 
 A backend runs training steps on a (graph, params) pair that the trainer owns. Backends
 that keep parameters elsewhere (a GPU) mirror the :class:`~streamdag.params.ParamStore`
-and hand it back up to date through :meth:`Backend.sync_params`; the host copy is then the
-one checkpoints and mutations use.
+and hand it back up to date through :meth:`Backend.sync_params`; checkpoints and evaluation
+use that host copy.
+
+Two optional capabilities keep a growing network's state on the device:
+
+* :attr:`Backend.replays_param_ops`: the backend replays a mutation batch's
+  :class:`~streamdag.params.ParamOp` log on its own copy, so the trainer applies a batch to
+  the host store *without* syncing it first (the host values of a group may then be stale;
+  the structure and slot layout are always current), and parameters never leave the device.
+* :class:`ScoreTracker`: the backend keeps the growth scores (the EMAs of
+  :class:`~streamdag.growth.GradStdCriterion` and the activity) itself, updated inside each
+  step, and answers only "which groups pass this threshold" — so per-group statistics do not
+  cross to the host every step (:meth:`GrowthPolicy.attach <streamdag.growth.GrowthPolicy.attach>`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,7 +30,7 @@ from ..graph import NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamStore
 
-__all__ = ["Backend", "GroupStats", "StepOutcome", "StepResult"]
+__all__ = ["Backend", "GroupStats", "ScoreTracker", "StepOutcome", "StepResult"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +76,38 @@ class StepOutcome(Protocol):
     def stats(self) -> GroupStats: ...
 
 
+@runtime_checkable
+class ScoreTracker(Protocol):
+    """A backend that keeps the two growth EMAs per group itself (see the module note).
+
+    Scores are the host criteria's, bit for bit: ``field`` ``"grad_std"`` is the EMA of
+    ``std(dL/dh_g)``, ``"act_mean"`` that of ``mean(h_g)``; a group's first observation sets
+    them, later ones blend in with weight ``1 - decay``.
+    """
+
+    def track_scores(self, decays: tuple[float, float], grad_std: Mapping[int, float],
+                     act_mean: Mapping[int, float]) -> None:
+        """Start keeping the EMAs (decays of grad_std and act_mean), from these values."""
+
+    def untrack_scores(self) -> None:
+        """Stop keeping them."""
+
+    def scores_passing(self, field: str, threshold: float) -> dict[int, float]:
+        """Observed groups whose ``grad_std`` EMA is above (``act_mean``: below) threshold."""
+
+    def forget_scores(self, group_ids: Iterable[int]) -> None:
+        """Drop these groups' EMAs (they restart at the next observation)."""
+
+    def read_scores(self) -> tuple[dict[int, float], dict[int, float]]:
+        """Every observed group's (grad_std EMA, act_mean EMA)."""
+
+
 class Backend(ABC):
     """Runs training steps and predictions for a network."""
 
     name: str = "backend"
+    #: replays mutation batches on its own parameter copy (see the module note)
+    replays_param_ops: bool = False
 
     @abstractmethod
     def step(

@@ -34,10 +34,22 @@ A step is a handful of launches whose shape depends on ``mode``:
   edge the transitive reduction keeps, launched one by one from Python. The plan and the
   bound executor are rebuilt after a mutation. It is the baseline the other modes beat.
 
-Kernels and their reference functions are listed in ``kernels/network.cu``. After a mutation
-batch the tables are rebuilt on the host (cheap), and only the parameter slots the batch
-allocated are uploaded (:class:`~streamdag.params.ParamOp` ``alloc``); a compaction of the
-host arenas (``layout_version``) re-uploads them whole.
+Kernels and their reference functions are listed in ``kernels/network.cu``.
+
+Growing. A mutation batch is applied to the host store without downloading it first: the
+backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
+(``kernels/growth.cu``: zeroed slots, strided column copies, identities, relative noise),
+growing an arena in place when the host's grew, so parameters and momenta of surviving
+groups never leave the device; only host-made values (noise draws) go up, in one upload.
+Then the tables are rebuilt on the host. The host store's values are stale until
+:meth:`CudaBackend.sync_params` (evaluation, checkpoints); its slot layout is always current.
+
+Growth scores. Attached to a :class:`~streamdag.growth.GrowthPolicy` (it is a
+:class:`~streamdag.backends.base.ScoreTracker`), the backend keeps both EMAs per group on
+the device (``sd_ema_update`` after each step, float64, bit-identical to the host criteria),
+moves them to the new group slots after a rebuild (``sd_ema_remap``), and answers a proposal
+with the compacted list of groups past the threshold (``sd_ema_select``): per step nothing
+but the loss crosses to the host.
 
 Results (:class:`DeviceStepResult`) are fetched lazily: reading ``loss`` or ``stats``
 synchronises; a benchmark that never reads them measures the step alone.
@@ -46,6 +58,7 @@ synchronises; a benchmark that never reads them measures the step alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,7 +66,7 @@ import numpy as np
 from ..errors import BackendError, ConfigError, DataError, DeviceMemoryError, StreamDagError
 from ..graph import NetworkGraph
 from ..mutation import MutationReport
-from ..params import ParamStore
+from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
 from .tables import WG_THREADS, NetTables
 
@@ -143,6 +156,7 @@ class CudaBackend(Backend):
     """
 
     name = "cuda"
+    replays_param_ops = True
 
     def __init__(self, *, mode: str = "persistent", backward: str = "pull", device: int = 0,
                  rows_per_block: int | None = None, dataflow: bool = True,
@@ -170,6 +184,10 @@ class CudaBackend(Backend):
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
             "sd_scatter_input",
             "sd_gather_output")}
+        growth = kernels.load("growth.cu", self.gpu)
+        self._gk = {n: self.gpu.kernel(growth, n) for n in (
+            "sd_copy2d", "sd_identity", "sd_add_noise", "sd_ema_update", "sd_ema_remap",
+            "sd_ema_select")}
         self._n_sms = self.gpu.multiprocessors
         self._rows_per_block = rows_per_block
         self._dataflow = dataflow
@@ -182,7 +200,6 @@ class CudaBackend(Backend):
         self._executor_key: tuple[int, int] | None = None
         self._structure = 0          # bumps on every rebuild of the tables
         self._layout: tuple[int, int] | None = None  # (id(params), layout_version) mirrored
-        self._arena_sizes: tuple[int, int] = (0, 0)
         self._act_capacity = 0       # floats in each activation arena
         self._batch_capacity = 0
         self._hyper: tuple[float, float, float] | None = None
@@ -192,6 +209,13 @@ class CudaBackend(Backend):
         self._configs: dict[tuple[Any, ...], Any] = {}
         self._last_batch = 0
         self._graph_n: tuple[Any, ...] = ()
+        self._device_newer = False   # the device holds values the host store has not seen
+        # growth scores (ScoreTracker): decays while tracking; the group ids the EMA buffers
+        # are laid out for; values to start from; groups to forget at the next layout
+        self._ema_decays: tuple[float, float] | None = None
+        self._ema_ids: np.ndarray | None = None
+        self._ema_init: tuple[dict[int, float], dict[int, float]] | None = None
+        self._ema_forget: set[int] = set()
 
     # ------------------------------------------------------------------ Backend API
     def step(
@@ -208,6 +232,9 @@ class CudaBackend(Backend):
             self._launch_levels(self.stream, batch)
         else:
             self._launch_graph(batch)
+        if self._ema_decays is not None:
+            self._launch_ema_update()
+        self._device_newer = True
         self._generation += 1
         return DeviceStepResult(self, self._generation, batch)
 
@@ -230,20 +257,20 @@ class CudaBackend(Backend):
 
     def on_mutation(self, graph: NetworkGraph, params: ParamStore, report: MutationReport
                     ) -> None:
+        """Replay the batch on the device copy (a store not mirrored yet is uploaded whole at
+        the next step) and rebuild the tables."""
+        if self._params is params and self._layout is not None:
+            self._replay(params, report.param_ops)
         self._rebuild(graph, params)
-        if self._layout == (id(params), params.layout_version) and self._arena_sizes == (
-                params.arenas()["weight"].size, params.arenas()["bias"].size):
-            for op in report.param_ops:
-                if op.kind == "alloc" and op.dst in params:
-                    self._upload_slot(params, op.dst)
-        else:
-            self._upload_params(params)
 
     def sync_params(self, params: ParamStore) -> None:
         if self._params is not params or self._layout is None:
             return
+        if self._layout[1] != params.layout_version:
+            self._follow_growth(params, self._layout[1])
         for kind, arr in params.arenas().items():
             self.gpu.download_range(self._b(kind), 0, arr, stream=self.stream)
+        self._device_newer = False
 
     def memory_report(self) -> dict[str, int]:
         """Device bytes held, by buffer, and ``needed``: what the step truly uses."""
@@ -265,7 +292,11 @@ class CudaBackend(Backend):
                 graph.next_id, len(graph), graph.output.preds):
             self._rebuild(graph, params)
         if self._layout != (id(params), params.layout_version):
-            self._upload_params(params)
+            if self._params is params and self._device_newer and self._layout is not None:
+                self._follow_growth(params, self._layout[1])
+            else:
+                self._upload_params(params)
+        self._sync_ema()
         if x.ndim != 2 or x.shape[1] != graph.n_inputs:
             raise DataError(f"expected inputs of shape (batch, {graph.n_inputs}), got {x.shape}")
         batch = int(x.shape[0])
@@ -288,6 +319,7 @@ class CudaBackend(Backend):
         self._structure += 1
         for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles"):
             self._put(name, getattr(t, name))
+        self._put("group_ids", t.group_ids.astype(np.int32))
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
         self._batch_key = None  # the input columns move with the row stride
@@ -300,17 +332,211 @@ class CudaBackend(Backend):
             self.gpu.upload_range(buf, 0, arr, stream=self.stream)
         self._params = params
         self._layout = (id(params), params.layout_version)
-        self._arena_sizes = (params.arenas()["weight"].size, params.arenas()["bias"].size)
+        self._device_newer = False
 
-    def _upload_slot(self, params: ParamStore, node: int) -> None:
-        s = params.slot(node)
-        arenas = params.arenas()
-        for kind in ("weight", "weight_mom"):
-            self.gpu.upload_range(self._b(kind), 4 * s.w_off,
-                                  arenas[kind][s.w_off : s.w_off + s.w_size], stream=self.stream)
-        for kind in ("bias", "bias_mom"):
-            self.gpu.upload_range(self._b(kind), 4 * s.b_off,
-                                  arenas[kind][s.b_off : s.b_off + s.rows], stream=self.stream)
+    # ------------------------------------------------------------------ mutations on the device
+    def _replay(self, params: ParamStore, ops: tuple[ParamOp, ...]) -> None:
+        """Apply a committed batch's ops to the device arenas, in order, by offset."""
+        self._follow_growth(params, self._layout[1] if self._layout else 0)
+        staged: list[np.ndarray] = []
+        where: dict[tuple[int, int], int] = {}  # (op, value) -> float offset in staging
+        top = 0
+        for i, op in enumerate(ops):
+            for j, v in enumerate(op.values):
+                a = np.ascontiguousarray(v, dtype=np.float32).ravel()
+                where[(i, j)], top = top, top + a.size
+                staged.append(a)
+        stage = None
+        if staged:
+            stage = self._buf("staging", 4 * top)
+            self.gpu.upload_range(stage, 0, np.concatenate(staged), stream=self.stream)
+        w, vw, b, vb = (self._b(k) for k in ("weight", "weight_mom", "bias", "bias_mom"))
+        for i, op in enumerate(ops):
+            s, src = op.slot, op.src_slot
+            if op.kind == "free":
+                continue
+            if s is None:
+                raise BackendError(f"parameter op {op.kind!r} of node {op.dst} has no slot")
+            if op.kind == "alloc":
+                for buf, off, n in ((w, s.w_off, s.w_size), (vw, s.w_off, s.w_size),
+                                    (b, s.b_off, s.rows), (vb, s.b_off, s.rows)):
+                    self.gpu.memset(buf, 0, offset=4 * off, nbytes=4 * n, stream=self.stream)
+            elif op.kind == "copy_cols" and src is not None:
+                for buf in (w, vw):
+                    self._copy2d(buf, buf, s.w_off + op.dst_col, s.cols, src.w_off + op.src_col,
+                                 src.cols, op.rows, op.ncols, op.scale)
+            elif op.kind == "copy_bias" and src is not None:
+                for buf in (b, vb):
+                    self._copy2d(buf, buf, s.b_off, 1, src.b_off, 1, op.rows, 1)
+            elif op.kind == "identity":
+                self._launch(self._gk["sd_identity"], (self._blocks(s.w_size),), (256,), 0,
+                             w, np.int32(s.w_off), np.int32(s.rows))
+            elif op.kind == "set":
+                self._copy2d(w, stage, s.w_off, 0, where[(i, 0)], 0, 1, s.w_size)
+                self._copy2d(b, stage, s.b_off, 0, where[(i, 1)], 0, 1, s.rows)
+            elif op.kind == "add_weights":
+                self._copy2d(w, stage, s.w_off, 0, where[(i, 0)], 0, 1, s.w_size,
+                             accumulate=True)
+            elif op.kind == "add_noise":
+                self._launch(self._gk["sd_add_noise"], (1,), (256,), 0, w, np.int32(s.w_off),
+                             np.int32(s.w_size), stage, np.int32(where[(i, 0)]),
+                             np.float64(op.scale))
+            else:
+                raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
+        self._layout = (id(params), params.layout_version)
+        self._device_newer = True
+
+    def _follow_growth(self, params: ParamStore, mirrored: int) -> None:
+        """The host arenas grew outside a replayed batch (a refused batch grows them too):
+        grow the device's, keeping its values. Moved slots cannot be followed."""
+        if params.moved_version > mirrored:
+            raise BackendError(
+                "the parameter store was compacted while the GPU holds newer values; call "
+                "sync_params(params) before changing the store outside a mutation batch")
+        for kind, arr in params.arenas().items():
+            if self._b(kind).size < arr.nbytes:
+                self._grow_arena(kind, arr.nbytes)
+        self._layout = (id(params), params.layout_version)
+
+    def _grow_arena(self, kind: str, nbytes: int) -> None:
+        """A bigger device arena holding the old one's values (zeros after them)."""
+        old = self._bufs.pop(kind)
+        try:
+            new = self._alloc(kind, nbytes)
+        except DeviceMemoryError:
+            self._bufs[kind] = old
+            raise
+        self.gpu.memset(new, 0, stream=self.stream)
+        self._copy2d(new, old, 0, 0, 0, 0, 1, old.size // 4)
+        self.stream.sync()
+        old.close()
+        self._bufs[kind] = new
+        self._graph_exe = None
+        self._executor = None
+
+    @staticmethod
+    def _blocks(n: int) -> int:
+        return max(1, min(math.ceil(n / 256), 4096))
+
+    def _copy2d(self, dst: Any, src: Any, dst_off: int, dst_stride: int, src_off: int,
+                src_stride: int, rows: int, ncols: int, scale: float = 1.0, *,
+                accumulate: bool = False) -> None:
+        """``dst[dst_off + r*dst_stride + c] (+)= scale * src[src_off + r*src_stride + c]``."""
+        if rows * ncols == 0:
+            return
+        i32 = np.int32
+        self._launch(self._gk["sd_copy2d"], (self._blocks(rows * ncols),), (256,), 0, dst, src,
+                     i32(dst_off), i32(dst_stride), i32(src_off), i32(src_stride), i32(rows),
+                     i32(ncols), np.float32(scale), i32(accumulate))
+
+    # ------------------------------------------------------------------ growth scores
+    def track_scores(self, decays: tuple[float, float], grad_std: Mapping[int, float],
+                     act_mean: Mapping[int, float]) -> None:
+        """Keep the growth EMAs on the device from now on (see the module note)."""
+        self._ema_decays = (float(decays[0]), float(decays[1]))
+        self._ema_init = (dict(grad_std), dict(act_mean))
+        self._ema_ids = None
+        self._ema_forget.clear()
+
+    def untrack_scores(self) -> None:
+        self._ema_decays = None
+        self._ema_init = None
+        self._ema_ids = None
+        self._ema_forget.clear()
+
+    def forget_scores(self, group_ids: Iterable[int]) -> None:
+        ids = [int(g) for g in group_ids]
+        if self._ema_init is not None:
+            for d in self._ema_init:
+                for g in ids:
+                    d.pop(g, None)
+        else:
+            self._ema_forget.update(ids)
+
+    def scores_passing(self, field: str, threshold: float) -> dict[int, float]:
+        """Groups whose ``grad_std`` EMA is above (``act_mean``: below) ``threshold``."""
+        if field not in ("grad_std", "act_mean"):
+            raise ConfigError(f"field must be grad_std or act_mean, got {field!r}")
+        n = self._sync_ema()
+        if n == 0:
+            return {}
+        count = self._buf("ema_count", 4)
+        ids, vals = self._buf("ema_out_ids", 4 * n), self._buf("ema_out_vals", 8 * n)
+        self.gpu.memset(count, 0, stream=self.stream)
+        self._launch(self._gk["sd_ema_select"], (math.ceil(n / 256),), (256,), 0,
+                     self._b("ema"), self._b("ema_seen"), np.int32(n), self._b("group_ids"),
+                     np.int32(field == "act_mean"), np.float64(threshold), count, ids, vals)
+        k = np.empty(1, np.int32)
+        self.gpu.download_range(count, 0, k, stream=self.stream)
+        out_ids, out_vals = np.empty(int(k[0]), np.int32), np.empty(int(k[0]), np.float64)
+        if len(out_ids):
+            self.gpu.download_range(ids, 0, out_ids, stream=self.stream)
+            self.gpu.download_range(vals, 0, out_vals, stream=self.stream)
+        return dict(sorted(zip(out_ids.tolist(), out_vals.tolist(), strict=True)))
+
+    def read_scores(self) -> tuple[dict[int, float], dict[int, float]]:
+        n = self._sync_ema()
+        if self._ema_ids is None or n == 0:
+            init = self._ema_init or ({}, {})
+            return dict(init[0]), dict(init[1])
+        ema = np.empty((n, 2), np.float64)
+        seen = np.empty(n, np.int32)
+        self.gpu.download_range(self._b("ema"), 0, ema, stream=self.stream)
+        self.gpu.download_range(self._b("ema_seen"), 0, seen, stream=self.stream)
+        ids = self._ema_ids[seen != 0].tolist()
+        return (dict(zip(ids, ema[seen != 0, 0].tolist(), strict=True)),
+                dict(zip(ids, ema[seen != 0, 1].tolist(), strict=True)))
+
+    def _sync_ema(self) -> int:
+        """Lay the EMA buffers out for the current tables' groups; returns their number."""
+        t = self._tables
+        if self._ema_decays is None or t is None:
+            return 0
+        ids = t.group_ids.astype(np.int64)
+        n = len(ids)
+        if self._ema_init is not None:  # first layout: the values tracking started from
+            std, act = self._ema_init
+            ema, seen = np.zeros((n, 2), np.float64), np.zeros(n, np.int32)
+            for i, g in enumerate(ids.tolist()):
+                if g in std:
+                    ema[i] = (std[g], act.get(g, 0.0))
+                    seen[i] = 1
+            self.gpu.upload_range(self._buf("ema", max(ema.nbytes, 8), exact=True), 0, ema,
+                                  stream=self.stream)
+            self.gpu.upload_range(self._buf("ema_seen", max(seen.nbytes, 4), exact=True), 0,
+                                  seen, stream=self.stream)
+            self._ema_init, self._ema_ids = None, ids
+            self._ema_forget.clear()
+        elif self._ema_ids is not None and (self._ema_forget or not np.array_equal(
+                ids, self._ema_ids)):
+            old = self._ema_ids  # ascending, like ids
+            pos = np.minimum(np.searchsorted(old, ids), max(len(old) - 1, 0))
+            keep = (old[pos] == ids) if len(old) else np.zeros(n, bool)
+            keep &= ~np.isin(ids, np.fromiter(self._ema_forget, np.int64))
+            slot_map = np.where(keep, pos, -1).astype(np.int32)
+            self._put("ema_map", slot_map)
+            new_ema = self._buf("ema_next", max(16 * n, 8), exact=True)
+            new_seen = self._buf("ema_seen_next", max(4 * n, 4), exact=True)
+            self._launch(self._gk["sd_ema_remap"], (max(1, math.ceil(n / 256)),), (256,), 0,
+                         self._b("ema"), self._b("ema_seen"), self._b("ema_map"), np.int32(n),
+                         new_ema, new_seen)
+            bufs = self._bufs
+            bufs["ema"], bufs["ema_next"] = new_ema, bufs["ema"]
+            bufs["ema_seen"], bufs["ema_seen_next"] = new_seen, bufs["ema_seen"]
+            self._ema_ids = ids
+            self._ema_forget.clear()
+        return n
+
+    def _launch_ema_update(self) -> None:
+        t = self._tables
+        assert t is not None and self._ema_decays is not None
+        n = len(t.group_ids)
+        if n:
+            d_std, d_act = self._ema_decays
+            self._launch(self._gk["sd_ema_update"], (math.ceil(n / 256),), (256,), 0,
+                         self._b("grad_std"), self._b("act_mean"), np.int32(n),
+                         self._b("ema"), self._b("ema_seen"), np.float64(d_std),
+                         np.float64(d_act))
 
     def _ensure_batch(self, batch: int) -> None:
         t = self._tables
@@ -548,17 +774,20 @@ class CudaBackend(Backend):
         if old is not None:
             del self._bufs[name]
             old.close()
+        self._bufs[name] = buf = self._alloc(name, nbytes)
+        self._graph_exe = None  # captured graphs and bound executors hold raw pointers
+        self._executor = None
+        return buf
+
+    def _alloc(self, name: str, nbytes: int) -> Any:
         try:
-            self._bufs[name] = buf = self.gpu.alloc(nbytes, stream=self.stream)
+            return self.gpu.alloc(nbytes, stream=self.stream)
         except DeviceMemoryError as exc:
             held = sum(b.size for b in self._bufs.values())
             raise DeviceMemoryError(
                 f"the network needs {nbytes / 2**20:.1f} MiB more for {name!r} on "
                 f"{self.gpu.name} ({held / 2**20:.1f} MiB already held; "
                 f"{self.gpu.memory_info()[0] / 2**20:.1f} MiB free)") from exc
-        self._graph_exe = None  # captured graphs and bound executors hold raw pointers
-        self._executor = None
-        return buf
 
     def _put(self, name: str, array: np.ndarray) -> None:
         a = np.ascontiguousarray(array)

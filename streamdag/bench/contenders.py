@@ -12,10 +12,11 @@ contender never touches another.
   :class:`BackendRunner` — reported as skipped until ``backend_status()["cuda"]`` is ``None``;
 * ``torch-*``: :mod:`streamdag.backends.torch_baseline` (torch imported there, lazily).
 
-A mutation is measured the same way for all: bring the host parameters up to date, apply the
-batch with :class:`~streamdag.mutation.MutationQueue`, then let the runner catch up —
-``on_mutation`` for a streamdag backend, a rebuild of modules, optimizer and CUDA graph for
-PyTorch (what a PyTorch user pays after every structural change).
+A mutation is measured the way the trainer does it: bring the host parameters up to date
+(``sync``; skipped for a backend that replays the batch on its own copy, the CUDA backend),
+apply the batch with :class:`~streamdag.mutation.MutationQueue`, then let the runner catch
+up — ``on_mutation`` for a streamdag backend, a rebuild of modules, optimizer and CUDA graph
+for PyTorch (what a PyTorch user pays after every structural change).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class Runner(ABC):
     def sync_params(self) -> None:
         """Bring ``self.params`` (the host copy) up to date."""
 
+    #: whether :meth:`mutate` brings the host copy up to date first (not for a backend that
+    #: replays the batch on its own copy, as the trainer does)
+    syncs_before_mutation: bool = True
+
     @abstractmethod
     def after_mutation(self, report: Any) -> None:
         """Catch up with a mutation batch already applied to ``graph`` and ``params``."""
@@ -80,7 +85,8 @@ class Runner(ABC):
     def mutate(self, mutations: list[Mutation]) -> dict[str, float]:
         """Apply a mutation batch; returns the milliseconds of each phase."""
         t0 = time.perf_counter()
-        self.sync_params()
+        if self.syncs_before_mutation:
+            self.sync_params()
         t1 = time.perf_counter()
         queue = MutationQueue()
         queue.extend(mutations)
@@ -104,6 +110,7 @@ class BackendRunner(Runner):
                  x: np.ndarray, y: np.ndarray, *, lr: float) -> None:
         super().__init__(graph, params)
         self.backend = backend
+        self.syncs_before_mutation = not backend.replays_param_ops
         self.x, self.y, self.lr = x, y, lr
         self._outcome: Any = None
         self._loss: float | None = None

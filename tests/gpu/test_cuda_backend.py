@@ -87,13 +87,16 @@ def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps:
         assert_close(f"act_mean step {step}", d.stats.act_mean, r.stats.act_mean, rtol=1e-3,
                      atol=1e-6)
         if step in mutate_at:
+            # no sync first: the device replays the batch on its own (newer) values
             muts = random_mutations(g_ref, rng, 3)
+            noise_seed = int(rng.integers(2**31))
             try:
-                apply_mutations(g_ref, p_ref, muts, step=step)
+                apply_mutations(g_ref, p_ref, muts, step=step,
+                                rng=np.random.default_rng(noise_seed), noise=0.05)
             except StreamDagError:  # e.g. a prune that would orphan: refused on both sides
                 continue
-            gpu.sync_params(p_gpu)
-            report = apply_mutations(g_gpu, p_gpu, muts, step=step)
+            report = apply_mutations(g_gpu, p_gpu, muts, step=step,
+                                     rng=np.random.default_rng(noise_seed), noise=0.05)
             gpu.on_mutation(g_gpu, p_gpu, report)
     gpu.sync_params(p_gpu)
     assert g_gpu == g_ref
@@ -166,3 +169,83 @@ def test_outgrowing_device_memory_is_a_typed_error_naming_sizes() -> None:
     x = np.zeros((65536, 8), np.float32)
     with pytest.raises(DeviceMemoryError, match=r"MiB.*free"):
         CudaBackend().step(graph, params, x, np.zeros(65536, np.int64), lr=0.1)
+
+
+def test_replay_ignores_host_values_and_grows_arenas() -> None:
+    """A batch applied to a host store full of NaN, replayed on the device, gives what the
+    same batch gives applied on the host to the synced values (also when an arena grows)."""
+    from streamdag.backends.cuda import CudaBackend
+
+    rng = np.random.default_rng(7)
+    graph = random_dag(rng, 10, wmax=32)
+    params = ParamStore.initialize(graph, rng)
+    gpu = CudaBackend()
+    x = rng.standard_normal((32, graph.n_inputs)).astype(np.float32)
+    y = rng.integers(0, graph.n_classes, 32)
+    grew = 0
+    for batch in range(6):
+        for _ in range(2):
+            gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+        gpu.sync_params(params)
+        g_truth, truth = graph.copy(), params.copy()
+        muts: list[Mutation] = [DuplicateWidth(g) for g in graph.group_ids()[:3]]
+        muts.append(DuplicateDepth(graph.group_ids()[-1]))
+        apply_mutations(g_truth, truth, muts, step=batch, rng=np.random.default_rng(batch),
+                        noise=0.05)
+        for arr in params.arenas().values():
+            arr[:] = np.nan  # nothing may come from the host's values
+        version = params.layout_version
+        report = apply_mutations(graph, params, muts, step=batch,
+                                 rng=np.random.default_rng(batch), noise=0.05)
+        grew += params.layout_version != version
+        gpu.on_mutation(graph, params, report)
+        gpu.sync_params(params)
+        assert graph == g_truth
+        for node in truth.nodes():
+            for what in ("weight", "bias", "weight_momentum", "bias_momentum"):
+                got, want = getattr(params, what)(node), getattr(truth, what)(node)
+                assert not np.isnan(got).any(), (batch, node, what)
+                assert_close(f"{what} of node {node} after batch {batch}", got, want,
+                             rtol=1e-6, atol=1e-7)
+    assert grew >= 1, "no batch grew an arena: the test lost its point"
+    # a refused batch leaves the host arenas grown: the device follows, losing nothing
+    gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+    gpu.sync_params(params)
+    before, version = params.copy(), params.layout_version
+    big: list[Mutation] = [DuplicateWidth(g) for g in graph.group_ids()] * 2
+    with pytest.raises(StreamDagError):
+        apply_mutations(graph, params, [*big, DuplicateDepth(10**6)], step=99)
+    assert params.layout_version != version, "the refused batch grew nothing"
+    gpu.sync_params(params)
+    for node in before.nodes():
+        assert np.array_equal(params.weight_momentum(node), before.weight_momentum(node))
+        assert np.array_equal(params.weight(node), before.weight(node))
+    gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+
+
+def test_device_scores_are_the_host_scores() -> None:
+    """Growth with the scores kept on the device takes exactly the host's decisions."""
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.data import load_dataset
+    from streamdag.growth import GradStdCriterion
+    from streamdag.train import TrainConfig, Trainer
+
+    class HostGradStd(GradStdCriterion):  # not the built-in type: the policy stays on the host
+        pass
+
+    data = load_dataset("spirals")
+    cfg = TrainConfig(epochs=3, every=5, cooldown=10, threshold=1e-4, max_groups=24,
+                      prune_below=1e-3)
+    runs = []
+    for on_device in (True, False):
+        t = Trainer(data, cfg, backend=CudaBackend())
+        if not on_device:
+            t.policy.criterion = HostGradStd()
+        t.fit()
+        assert t.policy.attached is on_device
+        runs.append(t)
+    dev, host = runs
+    assert dev.counters.mutations > 3
+    assert dev.losses == host.losses
+    assert dev.graph == host.graph
+    assert dev.policy.state_dict() == host.policy.state_dict()

@@ -20,9 +20,14 @@ g = random_dag(rng, 12); p = ParamStore.initialize(g, rng)
 x = rng.standard_normal((37, g.n_inputs)).astype(np.float32); y = rng.integers(0, g.n_classes, 37)
 for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull")]:
     gg, pp = g.copy(), p.copy(); b = CudaBackend(mode=mode, backward=bwd)
+    b.track_scores((0.9, 0.9), {}, {})  # growth scores on the device
     for i in range(2): print(mode, bwd, b.step(gg, pp, x, y, lr=0.1, momentum=0.9).loss)
-    b.sync_params(pp); r = apply_mutations(gg, pp, [DuplicateDepth(3), DuplicateWidth(5)]); b.on_mutation(gg, pp, r)
+    print("above 0:", len(b.scores_passing("grad_std", 0.0)))
+    # replayed on the device (no sync first), with noise: every growth.cu kernel runs
+    r = apply_mutations(gg, pp, [DuplicateDepth(3), DuplicateWidth(5)], rng=rng, noise=0.05)
+    b.forget_scores([3, 5]); b.on_mutation(gg, pp, r)
     print(mode, bwd, b.step(gg, pp, x, y, lr=0.1).loss, b.predict(gg, pp, x).shape)
+    print("scores", len(b.read_scores()[0]))
 EOF_PY
 for tool in memcheck racecheck; do
   timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san.py > "$out/sanitizer_$tool.log" 2>&1
