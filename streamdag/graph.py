@@ -16,7 +16,22 @@ order; :meth:`NetworkGraph.validate` checks this and every other invariant of DE
 
 The graph changes only through the private ``_add_group``/``_set_preds``/``_remove_group``
 primitives that :mod:`streamdag.mutation` calls inside an atomic batch; users read it.
-Derived data (topological order, depths) is cached and dropped on every change.
+
+Batches: ``_begin`` opens one; each primitive then logs the records it is about to change
+(first change wins) and every edge it drops. ``_rollback`` puts the logged records back;
+``_validate_batch`` checks only what the batch touched. That check is equivalent to
+:meth:`NetworkGraph.validate` — it accepts exactly the graphs ``validate`` accepts — because
+the graph was valid when the batch began (every way to build a graph validates it, and every
+batch is validated or rolled back) and records the batch did not touch are as they were.
+
+Derived data is cached. The topological order is dropped on every change and recomputed on
+demand. Depths survive a batch: ``_validate_batch`` repairs them from the depths before it
+by propagating increases from the touched groups, which is exact when no depth can have
+decreased (see ``_depths_can_only_grow``: duplications and new edges) and also proves the
+graph acyclic; other batches (prunes, removed edges) recompute them. Per-id numpy columns
+(width, predecessors) are refreshed for the ids changed since they were last read, so that
+:meth:`NetworkGraph.level_arrays` — what the kernels' tables are built from — costs numpy
+operations, not a Python loop over every group.
 """
 
 from __future__ import annotations
@@ -25,14 +40,18 @@ import heapq
 import json
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from .errors import CapacityError, ConfigError, CycleError, InvariantError, UnknownGroupError
 
-__all__ = ["INPUT", "MAX_WIDTH", "MIN_WIDTH", "OUTPUT", "NetworkGraph", "NeuronGroup"]
+__all__ = [
+    "INPUT", "MAX_WIDTH", "MIN_WIDTH", "OUTPUT", "LevelArrays", "NetworkGraph", "NeuronGroup",
+]
 
 INPUT = -1
 OUTPUT = -2
@@ -64,6 +83,25 @@ class NeuronGroup:
     born: int = 0
 
 
+@dataclass(frozen=True)
+class LevelArrays:
+    """The groups as int64 arrays, level by level: by depth, then by id (``levels()`` flat).
+
+    Attributes:
+        ids: group ids in that order.
+        level_sizes: how many groups each level holds (``len(levels()[k])``).
+        width: each group's width.
+        n_preds: each group's number of predecessors.
+        preds: the predecessor lists (``INPUT`` = -1), in each group's order, concatenated.
+    """
+
+    ids: np.ndarray
+    level_sizes: np.ndarray
+    width: np.ndarray
+    n_preds: np.ndarray
+    preds: np.ndarray
+
+
 class NetworkGraph:
     """A DAG of neuron groups between one input and one output.
 
@@ -93,8 +131,11 @@ class NetworkGraph:
         self._succs: dict[int, list[int]] = {INPUT: []}
         self._output = NeuronGroup(OUTPUT, self.n_classes, ())
         self._next_id = 0
+        self._batch: _Batch | None = None
         self._topo: list[int] | None = None
         self._depth: dict[int, int] | None = None
+        self._columns: _Columns | None = None
+        self._dirty: set[int] = set()  # ids whose record changed since _columns last saw them
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -188,9 +229,10 @@ class NetworkGraph:
 
     def width(self, node: int) -> int:
         """Width of a group, of the input or of the output."""
-        if node == INPUT:
-            return self.n_inputs
-        return self.group(node).width
+        grp = self._groups.get(node)  # groups first: the common case, in mutations' loops
+        if grp is not None:
+            return grp.width
+        return self.n_inputs if node == INPUT else self.group(node).width
 
     def preds(self, node: int) -> tuple[int, ...]:
         """Ordered predecessors of a group or of the output."""
@@ -207,7 +249,8 @@ class NetworkGraph:
 
     def fan_in(self, node: int) -> int:
         """Number of input columns of ``node``'s weight matrix."""
-        return sum(self.width(p) for p in self.preds(node))
+        groups = self._groups  # every predecessor exists: the primitives keep it so
+        return sum(self.n_inputs if p == INPUT else groups[p].width for p in self.preds(node))
 
     def column_offsets(self, node: int) -> dict[int, int]:
         """Where each predecessor's block of columns starts in ``node``'s weight matrix."""
@@ -239,22 +282,64 @@ class NetworkGraph:
 
     def depths(self) -> dict[int, int]:
         """Longest-path depth of every node: input 0, a group 1 + max over predecessors."""
+        return dict(self._depth_map())
+
+    def _depth_map(self) -> dict[int, int]:
+        """The cached depths (not a copy: never change it in place); raises CycleError.
+
+        Kahn's algorithm a level at a time: a group becomes ready in the round after its
+        deepest predecessor, so the round is its depth (no heap: the order within a round
+        does not matter).
+        """
         if self._depth is None:
             d = {INPUT: 0}
-            for g in self.topological_order():
-                d[g] = 1 + max(d[p] for p in self._groups[g].preds)
+            waiting = {g: len(grp.preds) for g, grp in self._groups.items()}
+            frontier, depth = [INPUT], 0
+            while frontier:
+                depth += 1
+                ready = []
+                for n in frontier:
+                    for s in self._succs[n]:
+                        waiting[s] -= 1
+                        if not waiting[s]:
+                            d[s] = depth
+                            ready.append(s)
+                frontier = ready
+            if len(d) != len(self._groups) + 1:
+                stuck = sorted(set(self._groups) - set(d))[:8]
+                raise CycleError(f"the graph has a cycle through groups {stuck}")
             d[OUTPUT] = 1 + max((d[p] for p in self._output.preds), default=0)
             self._depth = d
-        return dict(self._depth)
+        return self._depth
 
     def levels(self) -> list[list[int]]:
         """Groups by depth: ``levels()[k]`` holds the groups of depth ``k + 1``, by id."""
-        d = self.depths()
-        n = max((d[g] for g in self._groups), default=0)
-        out: list[list[int]] = [[] for _ in range(n)]
-        for g in sorted(self._groups):
-            out[d[g] - 1].append(g)
-        return out
+        arrays = self.level_arrays()
+        ids = arrays.ids.tolist()
+        ends = np.cumsum(arrays.level_sizes).tolist()
+        return [ids[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def level_arrays(self) -> LevelArrays:
+        """:meth:`levels` with widths and predecessor lists, as numpy arrays (see LevelArrays).
+
+        Built from per-id columns that only the groups changed since the last call update.
+        """
+        cols = self._fresh_columns()
+        depth = cols.sync_depths(self._depth_map())
+        ids = np.flatnonzero(cols.alive)
+        ids = ids[np.argsort(depth[ids] * len(cols.alive) + ids)]  # by depth, then id
+        n_preds = cols.count[ids]
+        first = np.cumsum(n_preds) - n_preds  # where each group's run starts in `preds`
+        at = np.repeat(cols.start[ids] - first, n_preds) + np.arange(int(n_preds.sum()))
+        return LevelArrays(ids=ids, level_sizes=np.bincount(depth[ids])[1:],
+                           width=cols.width[ids], n_preds=n_preds, preds=cols.pool[at])
+
+    def _fresh_columns(self) -> _Columns:
+        cols = self._columns
+        if cols is None or not cols.update(self._groups, self._dirty, self._next_id):
+            cols = self._columns = _Columns(self._groups, self._next_id)
+        self._dirty.clear()
+        return cols
 
     def edges(self) -> Iterator[tuple[int, int]]:
         """Every edge ``(pred, node)``, the output's included."""
@@ -296,37 +381,19 @@ class NetworkGraph:
         exactly the groups with no other successor; successor lists consistent; ids below
         ``next_id``; group count within the cap. (Weight shapes are checked by
         :meth:`ParamStore.validate <streamdag.params.ParamStore.validate>`.)
+
+        This is the definition; a mutation batch is checked by the equivalent, incremental
+        ``_validate_batch``.
         """
-        if not self._groups:
-            raise InvariantError("the network has no groups")
-        if self._max_groups is not None and len(self._groups) > self._max_groups:
-            raise InvariantError(f"{len(self._groups)} groups exceed the cap of {self._max_groups}")
+        self._check_size()
         succs: dict[int, list[int]] = {INPUT: [], **{g: [] for g in self._groups}}
         for g, grp in self._groups.items():
-            if grp.id != g or not 0 <= g < self._next_id:
-                raise InvariantError(
-                    f"group {g}: id {grp.id} out of place (next id {self._next_id})")
-            if not grp.preds:
-                raise InvariantError(f"group {g} has no predecessor")
-            if len(set(grp.preds)) != len(grp.preds):
-                raise InvariantError(f"group {g} lists a predecessor twice: {grp.preds}")
+            self._check_record(g)
             for p in grp.preds:
-                if p not in succs or p == g:
-                    raise InvariantError(f"group {g}: predecessor {node_name(p)} is not a group")
                 succs[p].append(g)
         for node, lst in succs.items():
-            stored = self._succs.get(node, [])
-            # lst has no duplicates (checked above), so equal length + equal sets = same list
-            if len(lst) != len(stored) or set(lst) != set(stored):
-                raise InvariantError(f"successor index of {node_name(node)} is stale")
-        sinks = [g for g in sorted(self._groups) if not succs[g]]
-        if sorted(self._output.preds) != sinks:
-            raise InvariantError(
-                f"output is fed by {list(self._output.preds)} but the groups without "
-                f"successor are {sinks}"
-            )
-        if len(set(self._output.preds)) != len(self._output.preds):
-            raise InvariantError("output lists a predecessor twice")
+            self._check_succs(node, lst)
+        self._check_output({g for g, lst in succs.items() if not lst and g != INPUT})
         try:
             order = self.topological_order()
         except CycleError as exc:
@@ -340,20 +407,206 @@ class NetworkGraph:
             raise InvariantError(f"groups {unreached[:8]} are not reachable from the input")
         # Every group reaches a sink in a DAG, and every sink feeds the output (checked above).
 
+    def _check_size(self) -> None:
+        if not self._groups:
+            raise InvariantError("the network has no groups")
+        if self._max_groups is not None and len(self._groups) > self._max_groups:
+            raise InvariantError(f"{len(self._groups)} groups exceed the cap of {self._max_groups}")
+
+    def _check_record(self, g: int) -> None:
+        """Group ``g``'s own record: id in place, predecessors non-empty, distinct, existing."""
+        grp = self._groups[g]
+        if grp.id != g or not 0 <= g < self._next_id:
+            raise InvariantError(f"group {g}: id {grp.id} out of place (next id {self._next_id})")
+        if not grp.preds:
+            raise InvariantError(f"group {g} has no predecessor")
+        if len(set(grp.preds)) != len(grp.preds):
+            raise InvariantError(f"group {g} lists a predecessor twice: {grp.preds}")
+        for p in grp.preds:
+            if p == g or (p != INPUT and p not in self._groups):
+                raise InvariantError(f"group {g}: predecessor {node_name(p)} is not a group")
+
+    def _check_succs(self, node: int, want: list[int]) -> None:
+        """The stored successor list of ``node`` holds exactly ``want`` (which has no repeats)."""
+        stored = self._succs.get(node, [])
+        if len(want) != len(stored) or set(want) != set(stored):
+            raise InvariantError(f"successor index of {node_name(node)} is stale")
+
+    def _check_output(self, sinks: set[int]) -> None:
+        """The output is fed by exactly ``sinks``, the groups without successor, once each."""
+        out = self._output.preds
+        fed = set(out)
+        if fed != sinks:
+            raise InvariantError(f"output is fed by {list(out)} but the groups without "
+                                 f"successor are {sorted(sinks)}")
+        if len(fed) != len(out):
+            raise InvariantError("output lists a predecessor twice")
+
+    # ------------------------------------------------------------------ mutation batches
+    # streamdag.mutation changes the graph only between _begin and _commit/_rollback, through
+    # the primitives below, and calls _validate_batch before it commits.
+    def _begin(self) -> None:
+        if self._batch is not None:
+            raise RuntimeError("a graph batch is already open")
+        self._batch = _Batch(self._output, self._next_id, self._topo, self._depth)
+
+    def _commit(self) -> None:
+        self._open_batch()
+        self._batch = None
+
+    def _rollback(self) -> None:
+        """Undo every primitive call since :meth:`_begin`."""
+        b = self._open_batch()
+        for gid, grp in b.groups.items():
+            if grp is None:
+                self._groups.pop(gid, None)
+            else:
+                self._groups[gid] = grp
+            self._dirty.add(gid)
+        if b.order is not None:  # a removed group came back: restore the iteration order too
+            self._groups = {g: self._groups[g] for g in b.order if g in self._groups}
+        for node, lst in b.succs.items():
+            if lst is None:
+                self._succs.pop(node, None)
+            else:
+                self._succs[node] = lst
+        self._output, self._next_id = b.output, b.next_id
+        self._topo, self._depth = b.topo, b.depth
+        self._batch = None
+
+    def _open_batch(self) -> _Batch:
+        if self._batch is None:
+            raise RuntimeError("no graph batch is open")
+        return self._batch
+
+    def _validate_batch(self) -> set[int]:
+        """:meth:`validate`, checking only what the open batch touched; repairs the depths.
+
+        Given that the graph was valid at :meth:`_begin` (see the module note), a record the
+        batch did not touch still satisfies every local invariant, so it is enough to check
+        the touched groups' records, the successor lists of every node a touched group
+        names (or named), the output against the sinks among those nodes, and acyclicity,
+        which the depth repair proves. Reachability from the input needs no check: in a DAG
+        where every group has a predecessor, following predecessors always ends there.
+
+        Returns:
+            the groups the batch created, rewired or removed, with ``OUTPUT`` if its
+            predecessors changed: the nodes whose weight shapes may have changed.
+        """
+        b = self._open_batch()
+        self._check_size()
+        touched = b.groups
+        alive = [g for g in touched if g in self._groups]
+        listing: dict[int, list[int]] = {}  # node -> the touched groups that list it now
+        for g in alive:
+            self._check_record(g)
+            for p in self._groups[g].preds:
+                listing.setdefault(p, []).append(g)
+        nodes = {*touched, *b.succs, *listing}
+        for old in touched.values():
+            if old is not None:
+                nodes.update(old.preds)
+        for n in nodes:
+            before = b.succs[n] if n in b.succs else self._succs.get(n, [])
+            kept = [s for s in before or () if s not in touched]  # still list n: untouched
+            if n == INPUT or n in self._groups:
+                self._check_succs(n, kept + listing.get(n, []))
+            elif kept:
+                raise InvariantError(f"group {kept[0]}: predecessor {node_name(n)} is not a group")
+        sinks = {s for s in b.output.preds if s not in nodes}
+        sinks.update(n for n in nodes if n in self._groups and not self._succs[n])
+        self._check_output(sinks)
+        try:
+            depth, raised = self._repaired_depths(b)
+        except CycleError as exc:
+            raise InvariantError(str(exc)) from None
+        if self._columns is not None and raised is not None:
+            self._columns.depths_moved(b.depth, depth, raised)
+        self._depth = depth
+        changed = set(touched)
+        if self._output.preds != b.output.preds:
+            changed.add(OUTPUT)
+        return changed
+
+    def _repaired_depths(self, b: _Batch) -> tuple[dict[int, int], list[int] | None]:
+        """The depths after the batch, and the groups whose depth the repair set (``None``
+        when it recomputed them); raises CycleError if the graph has a cycle.
+
+        From the depths before the batch when they are known and no depth can have decreased:
+        those are then lower bounds, and raising them along every edge until each edge
+        ``p → s`` has ``depth[s] > depth[p]`` reaches the longest-path depths (the least
+        values with that property). Raises travel level by level: a group raised to ``v``
+        is looked at with the others of level ``v``, so it is usually looked at once.
+        Reaching the end proves the graph acyclic; a cycle would raise forever, so past
+        ``len(self)`` looks the depths are recomputed — cheaper than the repair by then, and
+        the recomputation names the cycle.
+        """
+        if b.depth is None or not self._depths_can_only_grow(b):
+            return self._depth_map(), None
+        d = dict(b.depth)
+        seeds: dict[int, list[int]] = {}  # level -> touched groups starting there
+        changed: list[int] = []
+        for g in b.groups:
+            grp = self._groups.get(g)
+            if grp is None:
+                d.pop(g, None)
+                continue
+            d[g] = max(d.get(g, 1), 1 + max(d.get(p, 0) for p in grp.preds))
+            seeds.setdefault(d[g], []).append(g)
+        succs, budget = self._succs, len(self._groups)
+        frontier: list[int] = []  # groups raised to `level` (or touched there)
+        level = 0
+        while frontier or seeds:
+            if not frontier:
+                level = min(seeds)
+            frontier += seeds.pop(level, [])
+            changed += frontier
+            budget -= len(frontier)
+            if budget < 0:
+                return self._depth_map(), None
+            up, raised = level + 1, []
+            for g in frontier:
+                if d[g] == level:  # else raised again since, and looked at from there
+                    for s in succs[g]:
+                        if d[s] < up:
+                            d[s] = up
+                            raised.append(s)
+            frontier, level = raised, up
+        d[OUTPUT] = 1 + max((d[p] for p in self._output.preds), default=0)
+        return d, changed
+
+    def _depths_can_only_grow(self, b: _Batch) -> bool:
+        """Whether every group's depth is at least what it was before the batch.
+
+        True when every edge ``p → s`` the batch dropped, ``s`` still a group, is back or
+        bypassed: some predecessor ``q`` of ``s`` now reads ``p`` (a depth duplication
+        replaces ``g → s`` by ``g → g' → s``). Then every path of the old graph that
+        ends at a group maps to a path at least as long in the new one — a group on it
+        cannot have been removed, since its last edge out would have been dropped without a
+        bypass — so no longest path got shorter.
+        """
+        for p, s in b.dropped:
+            grp = self._groups.get(s)
+            if grp is None or p in grp.preds:
+                continue
+            if not any(q != INPUT and p in self._groups[q].preds for q in grp.preds):
+                return False
+        return True
+
     # ------------------------------------------------------------------ mutation primitives
     # Only streamdag.mutation calls these, inside a batch it validates and can roll back.
     def _add_group(self, width: int, preds: Iterable[int], *, born: int = 0) -> int:
         gid = self._next_id
         ps = tuple(preds)
-        for p in ps:
-            if p != INPUT and p not in self._groups:
-                raise UnknownGroupError(f"no group with id {p} in the graph")
-        self._groups[gid] = NeuronGroup(gid, _check_width(width, where=f"group {gid}"), ps, born)
+        self._check_exist(ps)
+        grp = NeuronGroup(gid, _check_width(width, where=f"group {gid}"), ps, born)
+        self._log(gid, (gid, *ps))
+        self._groups[gid] = grp
         self._succs[gid] = []
         for p in ps:
             self._succs[p].append(gid)
         self._next_id += 1
-        self._invalidate()
+        self._changed(gid)
         return gid
 
     def _set_preds(self, node: int, preds: Iterable[int]) -> None:
@@ -363,24 +616,47 @@ class NetworkGraph:
             self._invalidate()
             return
         old = self.group(node)
+        self._check_exist(ps)
+        self._log(node, (*old.preds, *ps))
+        if self._batch is not None:
+            self._batch.dropped += [(p, node) for p in old.preds if p not in ps]
         for p in old.preds:
             self._succs[p].remove(node)
         for p in ps:
-            if p != INPUT and p not in self._groups:
-                raise UnknownGroupError(f"no group with id {p} in the graph")
             self._succs[p].append(node)
         self._groups[node] = NeuronGroup(node, old.width, ps, old.born)
-        self._invalidate()
+        self._changed(node)
 
     def _remove_group(self, gid: int) -> None:
         grp = self.group(gid)
         if self._succs[gid]:
             raise InvariantError(f"group {gid} still has successors {self._succs[gid]}")
+        self._log(gid, (gid, *grp.preds))
+        if self._batch is not None and self._batch.order is None:
+            self._batch.order = list(self._groups)
         for p in grp.preds:
             self._succs[p].remove(gid)
         del self._groups[gid]
         del self._succs[gid]
-        self._invalidate()
+        self._changed(gid)
+
+    def _check_exist(self, preds: tuple[int, ...]) -> None:
+        for p in preds:
+            if p != INPUT and p not in self._groups:
+                raise UnknownGroupError(f"no group with id {p} in the graph")
+
+    def _log(self, gid: int, succ_lists: Iterable[int]) -> None:
+        """In a batch: remember ``gid``'s record and the successor lists of ``succ_lists``
+        as they were at :meth:`_begin` (the first change of each wins)."""
+        b = self._batch
+        if b is None:
+            return
+        if gid not in b.groups:
+            b.groups[gid] = self._groups.get(gid)
+        for n in succ_lists:
+            if n not in b.succs:
+                lst = self._succs.get(n)
+                b.succs[n] = None if lst is None else list(lst)
 
     def _rewire_output(self) -> list[int]:
         """Make the output read exactly the sinks: keep the survivors' order, append new ones.
@@ -395,26 +671,24 @@ class NetworkGraph:
             self._set_preds(OUTPUT, preds)
         return preds
 
+    def _changed(self, gid: int) -> None:
+        self._dirty.add(gid)
+        self._invalidate()
+
     def _invalidate(self) -> None:
         self._topo = None
         self._depth = None
 
     def copy(self) -> NetworkGraph:
-        """An independent copy (groups are immutable, so this is cheap)."""
-        new = NetworkGraph.__new__(NetworkGraph)
-        new.n_inputs, new.n_classes = self.n_inputs, self.n_classes
-        new._max_groups = self._max_groups
+        """An independent copy (groups are immutable, so this is cheap); no open batch."""
+        new = NetworkGraph(self.n_inputs, self.n_classes, max_groups=self._max_groups)
         new._groups = dict(self._groups)
         new._succs = {k: list(v) for k, v in self._succs.items()}
         new._output = self._output
         new._next_id = self._next_id
-        new._topo = self._topo
+        new._topo = self._topo  # caches are replaced, never changed in place: share them
         new._depth = self._depth
         return new
-
-    def _restore(self, other: NetworkGraph) -> None:
-        """Become ``other`` (used to roll back a failed batch in place)."""
-        self.__dict__.update(other.copy().__dict__)
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
@@ -476,3 +750,105 @@ def _check_width(width: object, *, where: str) -> int:
     if not MIN_WIDTH <= int(width) <= MAX_WIDTH:
         raise ConfigError(f"{where}: width {width} outside [{MIN_WIDTH}, {MAX_WIDTH}]")
     return int(width)
+
+
+@dataclass
+class _Batch:
+    """An open mutation batch: what the graph was at ``_begin`` wherever the batch changed it.
+
+    Attributes:
+        output, next_id, topo, depth: the output record, next id and caches at ``_begin``.
+        groups: every id whose record changed, with the record at ``_begin`` (``None``: the
+            batch created it).
+        succs: every node whose successor list changed, with a copy of that list at
+            ``_begin`` (``None``: the batch created it).
+        dropped: every edge ``(pred, node)`` a ``_set_preds`` call removed, in order.
+        order: the ids in iteration order, saved by the first removal (a rollback re-inserts
+            removed groups and must not move them to the end).
+    """
+
+    output: NeuronGroup
+    next_id: int
+    topo: list[int] | None
+    depth: dict[int, int] | None
+    groups: dict[int, NeuronGroup | None] = field(default_factory=dict)
+    succs: dict[int, list[int] | None] = field(default_factory=dict)
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    order: list[int] | None = None
+
+
+class _Columns:
+    """Per-id numpy copies of the group records, for readers that vectorise over groups.
+
+    ``alive[id]``, ``width[id]``, ``depth[id]``, and the predecessors ``pool[start[id] :
+    start[id] + count[id]]``. :meth:`update` rewrites the ids whose record changed: a changed
+    predecessor list is appended to the pool and its old run left as garbage. When the pool
+    or the id range is full it refuses, and the graph builds new columns (twice the size):
+    the garbage and the cost of rebuilding stay proportional to what changed.
+
+    ``depth`` mirrors one depth map, ``depth_of``: a map the graph computed from scratch
+    is copied whole; one the batch check repaired from the mirrored one, only where the
+    repair set it (:meth:`depths_moved`).
+    """
+
+    def __init__(self, groups: dict[int, NeuronGroup], next_id: int) -> None:
+        n = len(groups)
+        ids = np.fromiter(groups, np.int64, n)
+        counts = np.fromiter((len(g.preds) for g in groups.values()), np.int64, n)
+        n_preds = int(counts.sum())
+        size = 2 * max(next_id, 8)
+        self.alive = np.zeros(size, bool)
+        self.width = np.zeros(size, np.int64)
+        self.start = np.zeros(size, np.int64)
+        self.count = np.zeros(size, np.int64)
+        self.pool = np.zeros(2 * max(n_preds, 64), np.int64)
+        self.depth = np.zeros(size, np.int64)
+        self.depth_of: dict[int, int] | None = None
+        self.depth_stale: list[int] = []  # ids whose depth differs from depth_of's
+        self.alive[ids] = True
+        self.width[ids] = np.fromiter((g.width for g in groups.values()), np.int64, n)
+        self.start[ids] = np.cumsum(counts) - counts
+        self.count[ids] = counts
+        self.pool[:n_preds] = np.fromiter(
+            chain.from_iterable(g.preds for g in groups.values()), np.int64, n_preds)
+        self.top = n_preds
+
+    def update(self, groups: dict[int, NeuronGroup], dirty: Iterable[int], next_id: int) -> bool:
+        """Rewrite the ``dirty`` ids from ``groups``; ``False`` if these columns are full."""
+        if next_id > len(self.alive):
+            return False
+        for gid in dirty:
+            grp = groups.get(gid)
+            if grp is None:  # removed, or created by a batch that was rolled back
+                if gid < len(self.alive):
+                    self.alive[gid] = False
+                continue
+            k = len(grp.preds)
+            if self.top + k > len(self.pool):
+                return False
+            self.pool[self.top : self.top + k] = grp.preds
+            self.alive[gid] = True
+            self.width[gid] = grp.width
+            self.start[gid] = self.top
+            self.count[gid] = k
+            self.top += k
+        return True
+
+    def depths_moved(self, old: dict[int, int] | None, new: dict[int, int],
+                     changed: list[int]) -> None:
+        """The graph's depth map went from ``old`` to ``new``, which differ at ``changed``."""
+        if old is not None and self.depth_of is old:
+            self.depth_of = new
+            self.depth_stale += changed
+
+    def sync_depths(self, d: dict[int, int]) -> np.ndarray:
+        """``depth``, made to mirror the map ``d``."""
+        if self.depth_of is not d or 4 * len(self.depth_stale) > len(d):  # copy it whole
+            nodes = np.fromiter(d.keys(), np.int64, len(d))
+            is_group = nodes >= 0
+            self.depth[nodes[is_group]] = np.fromiter(d.values(), np.int64, len(d))[is_group]
+        elif self.depth_stale:
+            stale = [g for g in self.depth_stale if g in d]  # removed groups left the map
+            self.depth[stale] = [d[g] for g in stale]
+        self.depth_of, self.depth_stale = d, []
+        return self.depth

@@ -6,11 +6,15 @@ A :class:`Mutation` is a small frozen record naming the group it acts on. The tr
 user) pushes mutations onto a :class:`MutationQueue` at any time; :meth:`MutationQueue.apply`
 runs the whole batch between two iterations, in order, as one transaction:
 
-1. snapshot the graph and open a parameter batch (:meth:`ParamStore.begin`);
+1. open a batch on the graph and on the parameters (:meth:`ParamStore.begin`);
 2. apply each mutation to the graph and the parameters;
-3. ``graph.validate()`` and ``params.validate(graph)``;
-4. commit — or, on any error, restore the graph, roll the parameters back and re-raise the
-   error (its message names the mutation), so nothing is half-applied.
+3. validate both — only where the batch touched them: the graph's incremental check accepts
+   exactly what ``graph.validate()`` accepts, and ``params.validate(graph, changed=…)``
+   checks the weight shapes of the nodes the batch changed (see the design notes of
+   :mod:`streamdag.graph` and :mod:`streamdag.params`), so a batch costs what it touches, not
+   the size of the network;
+4. commit — or, on any error, roll the graph and the parameters back and re-raise the error
+   (its message names the mutation), so nothing is half-applied.
 
 What each kind does (DESIGN.md is the contract):
 
@@ -220,7 +224,7 @@ def apply_mutations(
     batch = list(mutations)
     if noise > 0 and rng is None:
         raise MutationError("noise > 0 needs an rng")
-    snapshot = graph.copy()
+    graph._begin()
     params.begin()
     applied: list[tuple[Mutation, int | None]] = []
     removed: list[int] = []
@@ -233,12 +237,13 @@ def apply_mutations(
             applied.append((m, new))
             if isinstance(m, Prune):
                 removed.append(m.group)
-        graph.validate()
-        params.validate(graph)
+        changed = graph._validate_batch()
+        params.validate(graph, changed=changed)
     except BaseException:
-        graph._restore(snapshot)
+        graph._rollback()
         params.rollback()
         raise
+    graph._commit()
     ops = params.commit()
     return MutationReport(tuple(applied), tuple(removed), tuple(ops))
 
@@ -301,13 +306,12 @@ def _duplicate_width(
         params.add_noise(new, rng.standard_normal((src.rows, src.cols)), noise)
     for s in succs:
         old_preds = graph.preds(s)
-        old_offs = graph.column_offsets(s)
         k = old_preds.index(g)
+        c, wg = sum(map(graph.width, old_preds[:k])), grp.width  # g's columns in W_s
         graph._set_preds(s, [*old_preds[: k + 1], new, *old_preds[k + 1 :]])
         old = params.slot(s)
         params.allocate(s, old.rows, old.cols + grp.width)
-        c, wg = old_offs[g], grp.width
-        params.copy_columns(s, 0, old, 0, c + wg, src=s)
+        params.copy_columns(s, 0, old, 0, c, src=s)  # each range once; empty ones record nothing
         params.copy_columns(s, c, old, c, wg, scale=0.5, src=s)
         params.copy_columns(s, c + wg, old, c, wg, scale=0.5, src=s)
         params.copy_columns(s, c + 2 * wg, old, c + wg, old.cols - c - wg, src=s)
@@ -326,12 +330,19 @@ def _set_preds_keeping_columns(
     old = params.slot(node)
     graph._set_preds(node, preds)
     params.allocate(node, old.rows, graph.fan_in(node))
+    runs: list[list[int]] = []  # [column, old column, columns] of blocks still side by side
     col = 0
     for p in preds:
         wp = graph.width(p)
         if p in old_offs:
-            params.copy_columns(node, col, old, old_offs[p], wp, src=node)
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == col and last[1] + last[2] == old_offs[p]:
+                last[2] += wp  # the output's hundreds of blocks move in one copy, not hundreds
+            else:
+                runs.append([col, old_offs[p], wp])
         col += wp
+    for dst_col, src_col, ncols in runs:
+        params.copy_columns(node, dst_col, old, src_col, ncols, src=node)
     params.copy_bias(node, old, src=node)
 
 
@@ -351,17 +362,23 @@ def _prune(graph: NetworkGraph, params: ParamStore, g: int) -> None:
     graph._set_preds(g, [])  # detach before removal
     graph._remove_group(g)
     params.release(g)
-    _reconnect_sinks(graph, params)
+    _reconnect_sinks(graph, params, grp.preds)
     if not graph.preds(OUTPUT):
         raise OrphanError(f"pruning g{g} would leave the output without input")
 
 
-def _reconnect_sinks(graph: NetworkGraph, params: ParamStore) -> None:
-    """Groups that lost their last successor feed the output (zero weights); the output stops
-    reading groups that gained a successor."""
-    want = [p for p in graph.preds(OUTPUT) if p in graph and not _has_group_succ(graph, p)]
-    sinks = sorted(g for g in graph.group_ids() if not _has_group_succ(graph, g))
-    want += [g for g in sinks if g not in want]
+def _reconnect_sinks(graph: NetworkGraph, params: ParamStore, changed: Iterable[int]) -> None:
+    """After a mutation changed the successors of the nodes ``changed``, the output reads the
+    sinks again: groups that lost their last successor feed it (zero weights, appended by
+    id), groups that gained one stop.
+
+    The output read exactly the sinks before the mutation, and only the nodes in ``changed``
+    can have become or stopped being one.
+    """
+    groups = {g for g in changed if g in graph}
+    sinks = {g for g in groups if not _has_group_succ(graph, g)}
+    want = [p for p in graph.preds(OUTPUT) if p in graph and (p not in groups or p in sinks)]
+    want += sorted(sinks - set(want))
     if want != list(graph.preds(OUTPUT)):
         _set_preds_keeping_columns(graph, params, OUTPUT, want)
 
@@ -388,7 +405,7 @@ def _connect(graph: NetworkGraph, params: ParamStore, src: int, dst: int) -> Non
         raise CycleError(f"{node_name(src)} -> g{dst} would close a cycle: g{dst} already "
                          f"reaches {node_name(src)}")
     _set_preds_keeping_columns(graph, params, dst, [*graph.preds(dst), src])
-    _reconnect_sinks(graph, params)
+    _reconnect_sinks(graph, params, [src])
 
 
 def _disconnect(graph: NetworkGraph, params: ParamStore, src: int, dst: int) -> None:
@@ -402,7 +419,7 @@ def _disconnect(graph: NetworkGraph, params: ParamStore, src: int, dst: int) -> 
                           "its only input")
     preds.remove(src)
     _set_preds_keeping_columns(graph, params, dst, preds)
-    _reconnect_sinks(graph, params)
+    _reconnect_sinks(graph, params, [src])
 
 
 def _reaches(graph: NetworkGraph, a: int, b: int) -> bool:

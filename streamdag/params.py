@@ -192,19 +192,30 @@ class ParamStore:
         """Trainable scalars (weights + biases), momenta not counted."""
         return sum(s.w_size + s.rows for s in self._slots.values())
 
-    def validate(self, graph: NetworkGraph) -> None:
-        """Every group and the output own a slot whose shape matches width × fan-in."""
-        expected = {*graph.group_ids(), OUTPUT}
-        if set(self._slots) != expected:
-            extra = sorted(set(self._slots) - expected)
-            missing = sorted(expected - set(self._slots))
-            raise InvariantError(f"parameters out of step with the graph: extra {extra}, "
-                                 f"missing {missing}")
-        width = {INPUT: graph.n_inputs, OUTPUT: graph.n_classes}
-        width.update((grp.id, grp.width) for grp in graph)
+    def validate(self, graph: NetworkGraph, *, changed: set[int] | None = None) -> None:
+        """Every group and the output own a slot whose shape matches width × fan-in.
+
+        Args:
+            graph: the structure the slots must match.
+            changed: inside a batch, the nodes whose predecessors the graph changed since
+                :meth:`begin` (what ``NetworkGraph._validate_batch`` returns). Then only
+                those and the nodes the batch allocated or released are checked: any other
+                node matched the graph at ``begin`` (a batch starts from a validated store)
+                and has changed on neither side — widths never change. ``None``, or no open
+                batch: every node is checked.
+        """
+        if changed is None or self._txn is None:
+            nodes = {*self._slots, *graph.group_ids(), OUTPUT}
+        else:
+            nodes = {*changed, *(op.dst for op in self._txn.ops if op.kind in ("alloc", "free"))}
+        expected = {n for n in nodes if n == OUTPUT or n in graph}
+        have = {n for n in nodes if n in self._slots}
+        if have != expected:
+            raise InvariantError(f"parameters out of step with the graph: extra "
+                                 f"{sorted(have - expected)}, missing {sorted(expected - have)}")
         for node in expected:
             s = self._slots[node]
-            want = (width[node], sum(width[p] for p in graph.preds(node)))
+            want = (graph.width(node), graph.fan_in(node))
             if (s.rows, s.cols) != want:
                 raise InvariantError(
                     f"{node_name(node)}: weight shape {(s.rows, s.cols)} but the graph says {want}"

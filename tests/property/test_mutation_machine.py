@@ -5,13 +5,22 @@ disconnect mutations (valid ones and ones that must be refused), applies the que
 batch, and runs float64 training steps in between. After every step: ``graph.validate()``,
 ``params.validate(graph)``, the group cap, and ids unique and never reused (every id ever
 created is tracked). A refused batch must leave graph and parameters bit-identical.
+
+A batch is checked incrementally (``NetworkGraph._validate_batch`` and
+``params.validate(graph, changed=…)``), so the machine also corrupts batches on purpose —
+the queued mutations, then one raw graph change that breaks an invariant (or, sometimes,
+keeps every one) — and asserts that the incremental checks refuse exactly when the full
+ones do, and that a refused batch rolls back bit for bit. The depths the batch check repairs
+and the level arrays built from them must equal ones computed from scratch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from helpers_network import DagSpec, assert_unchanged, dag_specs, random_params, snapshot
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -20,12 +29,13 @@ from streamdag.errors import (
     CapacityError,
     CycleError,
     GraphError,
+    InvariantError,
     MutationError,
     OrphanError,
     StreamDagError,
     UnknownGroupError,
 )
-from streamdag.graph import INPUT
+from streamdag.graph import INPUT, OUTPUT, NetworkGraph
 from streamdag.mutation import (
     Connect,
     Disconnect,
@@ -34,10 +44,46 @@ from streamdag.mutation import (
     Mutation,
     MutationQueue,
     Prune,
+    _apply_one,
 )
 
 REFUSAL_TYPES = (CapacityError, CycleError, GraphError, MutationError, OrphanError,
                  UnknownGroupError)
+CORRUPTIONS = ("cycle", "self", "no preds", "twice", "output", "orphaned sink", "over cap",
+               "reorder", "extra input")
+
+
+def reference_depths(graph: NetworkGraph) -> dict[int, int]:
+    """Longest-path depths straight from the definition (recursive; the graphs are small)."""
+    d = {INPUT: 0}
+
+    def depth(n: int) -> int:
+        if n not in d:
+            d[n] = 1 + max(depth(p) for p in graph.preds(n))
+        return d[n]
+
+    for g in graph.group_ids():
+        depth(g)
+    d[OUTPUT] = 1 + max(d[p] for p in graph.output.preds)
+    return d
+
+
+def refuses(check: Callable[[], object]) -> bool:
+    try:
+        check()
+    except InvariantError:
+        return True
+    return False
+
+
+def descendants(graph: NetworkGraph, g: int) -> list[int]:
+    seen, stack = set(), [g]
+    while stack:
+        for s in graph.succs(stack.pop()):
+            if s != OUTPUT and s not in seen:
+                seen.add(s)
+                stack.append(s)
+    return sorted(seen)
 
 
 class MutationMachine(RuleBasedStateMachine):
@@ -115,6 +161,70 @@ class MutationMachine(RuleBasedStateMachine):
             self.applied += 1
         assert len(self.queue) == 0  # applied or refused, the batch is gone
 
+    @rule(kind=st.sampled_from(CORRUPTIONS), data=st.data())
+    def apply_corrupted(self, kind: str, data: st.DataObject) -> None:
+        """The queued mutations plus one raw change, checked both ways inside the batch."""
+        batch: list[Mutation] = list(self.queue)
+        self.queue.clear()
+        g, p = self.graph, self.params
+        before = snapshot(g, p)
+        g._begin()
+        p.begin()
+        try:
+            for m in batch:
+                _apply_one(g, p, m, step=self.step, rng=self.rng, noise=0.0)
+            self._corrupt(kind, data)
+        except StreamDagError:  # a mutation or the raw change itself was refused
+            g._rollback()
+            p.rollback()
+            assert_unchanged(before, g, p)
+            return
+        full = refuses(g.validate)
+        changed: list[set[int]] = []
+        incremental = refuses(lambda: changed.append(g._validate_batch()))
+        assert incremental == full, f"{kind}: incremental {incremental}, full {full}"
+        params_full = full or refuses(lambda: p.validate(g))
+        if not full:
+            assert refuses(lambda: p.validate(g, changed=changed[0])) == params_full, kind
+        event(f"corrupted batch ({kind}): {'refused' if params_full else 'accepted'}")
+        if params_full:
+            g._rollback()
+            p.rollback()
+            assert_unchanged(before, g, p)
+            self.refused += 1
+        else:
+            g._commit()
+            p.commit()
+            self.ever |= set(g.group_ids())
+            self.applied += 1
+
+    def _corrupt(self, kind: str, data: st.DataObject) -> None:
+        g = self.graph
+        a = data.draw(st.sampled_from(g.group_ids()))
+        preds = list(g.preds(a))
+        if kind == "cycle":
+            below = descendants(g, a)
+            g._set_preds(a, [*preds, data.draw(st.sampled_from(below))] if below else [a])
+        elif kind == "self":
+            g._set_preds(a, [*preds, a])
+        elif kind == "no preds":
+            g._set_preds(a, [])
+        elif kind == "twice":
+            g._set_preds(a, [*preds, preds[0]])
+        elif kind == "output":
+            out = list(g.output.preds)
+            g._set_preds(OUTPUT, out[:-1] if len(out) > 1 else [*out, a])
+        elif kind == "orphaned sink":  # removed, but the output still reads it
+            sink = data.draw(st.sampled_from(g.output.preds))
+            g._set_preds(sink, [])
+            g._remove_group(sink)
+        elif kind == "over cap":  # a new sink the output does not read, maybe past the cap
+            g._add_group(2, [INPUT])
+        elif kind == "reorder":  # keeps every invariant (and every weight shape)
+            g._set_preds(a, preds[::-1])
+        elif kind == "extra input" and INPUT not in preds:  # valid, but W_a lacks columns
+            g._set_preds(a, [*preds, INPUT])
+
     @rule(seed=st.integers(0, 2**16), batch=st.integers(1, 5))
     def train_step(self, seed: int, batch: int) -> None:
         rng = np.random.default_rng(seed)
@@ -154,6 +264,22 @@ class MutationMachine(RuleBasedStateMachine):
         assert g.next_id > max(self.ever)
         assert g.max_groups is None or len(g) <= g.max_groups
         assert self.params.nodes() == sorted([*ids, -2])
+
+    @invariant()
+    def caches_match_a_fresh_computation(self) -> None:
+        g = self.graph
+        d = reference_depths(g)
+        assert g.depths() == d
+        levels = g.levels()
+        assert [x for lv in levels for x in lv] == sorted(g.group_ids(),
+                                                          key=lambda x: (d[x], x))
+        assert [len(lv) for lv in levels] == [
+            sum(1 for x in g.group_ids() if d[x] == k) for k in range(1, len(levels) + 1)]
+        arrays = g.level_arrays()
+        ids = arrays.ids.tolist()
+        assert arrays.width.tolist() == [g.width(x) for x in ids]
+        assert arrays.n_preds.tolist() == [len(g.preds(x)) for x in ids]
+        assert arrays.preds.tolist() == [q for x in ids for q in g.preds(x)]
 
 
 MutationMachine.TestCase.settings = settings(

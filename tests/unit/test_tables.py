@@ -1,0 +1,148 @@
+"""backends/tables.py: NetTables, checked field by field against a per-node reading of the
+graph and the parameter slots (the layout of ``struct Node`` in kernels/network.cu).
+
+The reference walks nodes and edges one at a time in plain Python; ``NetTables.build`` is
+vectorised over them. Graphs: random DAGs, the same after random mutation batches, chains,
+dag-bench presets and a digits-sized network grown by duplications.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from helpers_network import DagSpec, dag_specs, random_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamdag.backends import tables
+from streamdag.backends.tables import WG_THREADS, WG_XCOLS, NetTables
+from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
+from streamdag.errors import ConfigError, StreamDagError
+from streamdag.graph import INPUT, OUTPUT, NetworkGraph
+from streamdag.mutation import DuplicateDepth, DuplicateWidth, Mutation, apply_mutations
+from streamdag.params import ParamStore
+
+
+def check_tables(graph: NetworkGraph, params: ParamStore) -> None:
+    """Every field of ``NetTables.build(graph, params)``, node by node and edge by edge."""
+    t = NetTables.build(graph, params)
+    levels = graph.levels()
+    order = [INPUT, *[g for lv in levels for g in lv], OUTPUT]
+    index = {node: i for i, node in enumerate(order)}
+    width = [graph.width(node) for node in order]
+    act = [sum(width[:i]) for i in range(len(order))]
+    assert t.row_stride == sum(width)
+    assert t.level_start.tolist() == [0, *np.cumsum([1, *map(len, levels)]).tolist(),
+                                      len(order)]
+    assert t.group_ids.tolist() == graph.group_ids()
+    succ_records: dict[int, list[tuple[int, ...]]] = {i: [] for i in range(len(order))}
+    succ_nodes: dict[int, list[int]] = {i: [] for i in range(len(order))}
+    pred_at = col_at = 0
+    for i, node in enumerate(order):
+        rec = t.nodes[i].tolist()
+        if node == INPUT:
+            assert rec == [width[0]] + [0] * 11
+            continue
+        preds = graph.preds(node)
+        slot = params.slot(node)
+        fan_in = graph.fan_in(node)
+        assert rec[:7] == [width[i], fan_in, slot.w_off, slot.b_off, act[i], pred_at,
+                           len(preds)], f"node {node}"
+        assert rec[9:] == [int(node != OUTPUT), col_at, 0], f"node {node}"
+        assert t.preds[pred_at : pred_at + len(preds)].tolist() == [index[p] for p in preds]
+        col = 0
+        for p in preds:
+            want = list(range(act[index[p]], act[index[p]] + graph.width(p)))
+            assert t.colmap[col_at + col : col_at + col + len(want)].tolist() == want
+            if p != INPUT:
+                succ_records[index[p]].append((act[i], slot.w_off + col, width[i], fan_in))
+                succ_nodes[index[p]].append(i)
+            col += graph.width(p)
+        pred_at += len(preds)
+        col_at += fan_in
+    assert len(t.colmap) == col_at
+    at = 0
+    for i in range(len(order)):
+        n = len(succ_records[i])
+        assert t.nodes[i, 7:9].tolist() == ([0, 0] if i == 0 else [at, n]), f"succs of {i}"
+        assert [tuple(r) for r in t.succs[at : at + n].tolist()] == succ_records[i]
+        assert t.succ_node[at : at + n].tolist() == succ_nodes[i]
+        at += n
+    slot_of = {g: k for k, g in enumerate(graph.group_ids())}
+    want_tiles = []
+    for i, node in enumerate(order[1:], start=1):
+        per_tile = min(max(WG_THREADS // min(width[i], 64), 1), WG_XCOLS)
+        fan_in = graph.fan_in(node)
+        want_tiles += [[i, c0, min(per_tile, fan_in - c0), slot_of.get(node, -1)]
+                       for c0 in range(0, fan_in, per_tile)]
+    assert t.tiles.tolist() == want_tiles
+    for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
+                 "group_ids"):
+        assert getattr(t, name).dtype == np.int32, name
+
+
+def random_batch(graph: NetworkGraph, draw: st.DrawFn) -> list[Mutation]:
+    """1-4 mutations of every kind (some to be refused), on random groups."""
+    ids = graph.group_ids()
+    kinds = st.sampled_from(["depth", "width", "prune", "connect", "disconnect"])
+    batch: list[Mutation] = []
+    for kind in draw(st.lists(kinds, min_size=1, max_size=4)):
+        g = draw(st.sampled_from(ids))
+        if kind in ("depth", "width", "prune"):
+            batch.append(Mutation.from_dict({"kind": kind, "group": g}))
+        else:
+            src = draw(st.sampled_from([INPUT, *ids] if kind == "connect" else graph.preds(g)))
+            batch.append(Mutation.from_dict({"kind": kind, "src": src, "dst": g}))
+    return batch
+
+
+@settings(max_examples=40)
+@given(spec=dag_specs(max_groups=10, max_width=20), data=st.data())
+def test_tables_on_random_dags_and_after_random_batches(spec: DagSpec, data: st.DataObject
+                                                        ) -> None:
+    g = spec.build()
+    p = random_params(g, 0)
+    check_tables(g, p)
+    for _ in range(data.draw(st.integers(1, 4))):
+        with contextlib.suppress(StreamDagError):  # refused batches change nothing
+            apply_mutations(g, p, random_batch(g, data.draw), rng=np.random.default_rng(0),
+                            noise=0.01)
+        check_tables(g, p)
+
+
+@pytest.mark.parametrize("widths", [[3], [5, 7, 9], list(range(1, 30)), [64, 1, 1024]])
+def test_tables_on_chains(widths: list[int]) -> None:
+    g = NetworkGraph.chain(n_inputs=4, n_classes=3, widths=widths)
+    check_tables(g, random_params(g, 0))
+
+
+@pytest.mark.parametrize("preset", ["smoke", "wide"])
+def test_tables_on_dagbench_presets_and_their_mutation_batches(preset: str) -> None:
+    work = build_workload(resolve_spec(preset))
+    g, p = work.graph, work.params
+    check_tables(g, p)
+    for seed in range(3):
+        apply_mutations(g, p, mutation_batch(g, seed), step=seed)
+        check_tables(g, p)
+
+
+def test_tables_on_a_digits_sized_network_grown_to_48_groups() -> None:
+    g = NetworkGraph.chain(n_inputs=64, n_classes=10, widths=[32, 32], max_groups=48)
+    p = random_params(g, 0, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    while len(g) < 48:
+        pick = int(rng.choice(g.group_ids()))
+        mutation = DuplicateDepth(pick) if rng.random() < 0.5 else DuplicateWidth(pick)
+        apply_mutations(g, p, [mutation], rng=rng, noise=0.01)
+        check_tables(g, p)
+
+
+def test_tables_refuse_what_32_bit_offsets_cannot_hold(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    g = NetworkGraph.chain(n_inputs=4, n_classes=3, widths=[8])
+    p = random_params(g, 0)
+    monkeypatch.setattr(tables, "MAX_INT32", 10)
+    with pytest.raises(ConfigError, match="32-bit"):
+        NetTables.build(g, p)
