@@ -11,7 +11,10 @@ State on the device (all through :mod:`streamdag.driver`):
   width, fan-in, arena offsets, predecessor and successor lists and a column map;
 * activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
   of the whole network is contiguous), with spare capacity in rows and columns so growth
-  rarely reallocates.
+  rarely reallocates;
+* ``weight_t``: each node's weights transposed (fan-in × width, same offsets), which the
+  dataflow forward reads coalesced; the update kernel writes it with the weights, and
+  ``sd_transpose_weights`` rebuilds it after an upload or a mutation batch.
 
 A step is a handful of launches whose shape depends on ``mode``:
 
@@ -182,6 +185,7 @@ class CudaBackend(Backend):
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
+            "sd_transpose_weights",
             "sd_scatter_input",
             "sd_gather_output")}
         growth = kernels.load("growth.cu", self.gpu)
@@ -210,6 +214,7 @@ class CudaBackend(Backend):
         self._last_batch = 0
         self._graph_n: tuple[Any, ...] = ()
         self._device_newer = False   # the device holds values the host store has not seen
+        self._wt_stale = True        # weight_t (W^T per node) must be rebuilt from weight
         # growth scores (ScoreTracker): decays while tracking; the group ids the EMA buffers
         # are laid out for; values to start from; groups to forget at the next layout
         self._ema_decays: tuple[float, float] | None = None
@@ -224,6 +229,7 @@ class CudaBackend(Backend):
     ) -> DeviceStepResult:
         batch = self._prepare(graph, params, x, y)
         self._set_hyper(lr, momentum, weight_decay)
+        self._refresh_weight_t()
         if self.mode == "persistent":
             self._launch_persistent(batch, forward_only=False)
         elif self.mode == "streams":
@@ -262,6 +268,10 @@ class CudaBackend(Backend):
         if self._params is params and self._layout is not None:
             self._replay(params, report.param_ops)
         self._rebuild(graph, params)
+
+    def synchronize(self) -> None:
+        """Wait until every step issued so far has finished on the device."""
+        self.stream.sync()
 
     def sync_params(self, params: ParamStore) -> None:
         if self._params is not params or self._layout is None:
@@ -333,6 +343,7 @@ class CudaBackend(Backend):
         self._params = params
         self._layout = (id(params), params.layout_version)
         self._device_newer = False
+        self._wt_stale = True
 
     # ------------------------------------------------------------------ mutations on the device
     def _replay(self, params: ParamStore, ops: tuple[ParamOp, ...]) -> None:
@@ -385,6 +396,18 @@ class CudaBackend(Backend):
                 raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
         self._layout = (id(params), params.layout_version)
         self._device_newer = True
+        self._wt_stale = True
+
+    def _refresh_weight_t(self) -> None:
+        """Rebuild weight_t, the transposed weights the dataflow forward reads, if stale
+        (the weight-gradient kernel keeps it current between mutations)."""
+        t = self._tables
+        assert t is not None
+        wt = self._buf("weight_t", self._b("weight").size, exact=True)
+        if self._wt_stale and len(t.nodes) > 1:
+            self._launch(self._k["sd_transpose_weights"], (len(t.nodes) - 1,), (256,), 0,
+                         self._b("nodes"), self._b("weight"), wt)
+        self._wt_stale = False
 
     def _follow_growth(self, params: ParamStore, mirrored: int) -> None:
         """The host arenas grew outside a replayed batch (a refused batch grows them too):
@@ -413,6 +436,7 @@ class CudaBackend(Backend):
         self._bufs[kind] = new
         self._graph_exe = None
         self._executor = None
+        self._wt_stale = True
 
     @staticmethod
     def _blocks(n: int) -> int:
@@ -597,6 +621,7 @@ class CudaBackend(Backend):
     def _launch_persistent(self, batch: int, *, forward_only: bool) -> None:
         t = self._tables
         assert t is not None
+        self._refresh_weight_t()
         rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
         n_nodes = len(t.nodes)
         partials = (self._step_threads // 32) * rows * int(t.nodes[-1][0]) * 4
@@ -617,7 +642,7 @@ class CudaBackend(Backend):
                          (self._step_threads,),
                          flow_smem, self._b("nodes"), self._b("preds"), self._b("colmap"),
                          self._b("succs"), self._b("succ_node"), np.int32(n_nodes), *common,
-                         *tail, self._bufs.get("trace", 0))
+                         *tail, self._bufs.get("trace", 0), self._b("weight_t"))
         else:  # level-synchronous: flags would not fit in shared memory
             self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),),
                          (self._step_threads,),
@@ -634,7 +659,8 @@ class CudaBackend(Backend):
             self._b("nodes"), self._b("tiles"), self._b("colmap"), self._b("weight"),
             self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
             self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
-            np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"), stream=stream)
+            np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"),
+            self._b("weight_t"), stream=stream)
         self._launch(self._k["sd_reduce_loss"], (1,), (256,), 0,
             self._b("loss_rows"), self._b("correct_rows"), np.int32(batch), self._b("loss"),
             self._b("correct"), stream=stream)
@@ -714,7 +740,8 @@ class CudaBackend(Backend):
         update = tg.launch("update", spec["sd_wgrad_update"], b("nodes"), b("tiles"),
                            b("colmap"), b("weight"), b("bias"), b("weight_mom"),
                            b("bias_mom"), b("act"), b("dh"), b("dz"), b("hyper"), *common,
-                           b("grad_std"), b("act_mean"), grid=len(t.tiles), block=WG_THREADS)
+                           b("grad_std"), b("act_mean"), b("weight_t"), grid=len(t.tiles),
+                           block=WG_THREADS)
         reduce = tg.launch("loss", spec["sd_reduce_loss"], b("loss_rows"), b("correct_rows"),
                            i32(batch), b("loss"), b("correct"), grid=1, block=256)
         nodes = t.nodes.tolist()

@@ -20,7 +20,7 @@ __all__ = ["MAX_INT32", "NODE_FIELDS", "WG_THREADS", "WG_XCOLS", "NetTables"]
 
 NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
 WG_THREADS = 256  # SD_WG_THREADS
-WG_XCOLS = 128    # SD_WG_XCOLS
+WG_XCOLS = 32     # SD_WG_XCOLS: columns of a weight-gradient tile at most
 MAX_INT32 = 2**31 - 1
 
 
@@ -99,11 +99,12 @@ class NetTables:
         nodes = _int32_columns(width, fan_in, w_off, b_off, act, _starts(n_preds), n_preds,
                                _starts(n_succs), n_succs, relu, col_start, np.zeros(n, np.int64))
         nodes[0, 1:] = 0
-        # weight-gradient tiles: columns per tile so that outputs x columns <= WG_THREADS
+        # weight-gradient tiles: a thread owns one output and two columns of its tile, so
+        # a tile has up to 2 * (WG_THREADS // outputs) columns (and at most WG_XCOLS)
         group_ids = np.sort(lv.ids)
         stat_slot = np.full(n, -1, dtype=np.int64)
         stat_slot[index[group_ids + 1]] = np.arange(len(group_ids))
-        per_tile = np.clip(WG_THREADS // np.minimum(width, 64), 1, WG_XCOLS)
+        per_tile = np.clip(2 * (WG_THREADS // np.minimum(width, 64)), 1, WG_XCOLS)
         n_tiles = -(-fan_in // per_tile)
         n_tiles[0] = 0
         t_node = np.repeat(np.arange(n), n_tiles)
