@@ -111,6 +111,9 @@ class ParamStore:
         self._b = np.zeros(max(cap // 8, 64), self.dtype)
         self._vb = np.zeros_like(self._b)
         self._slots: dict[int, Slot] = {}
+        # (w_off, b_off) by node id + 2 (the output at 0), -1 where no slot: a vectorised
+        # view of _slots for the kernel tables, rebuilt lazily when the slots move wholesale
+        self._offs: np.ndarray | None = None
         self._w_top = 0
         self._b_top = 0
         self.layout_version = 0
@@ -156,6 +159,35 @@ class ParamStore:
             return self._slots[node]
         except KeyError:
             raise UnknownGroupError(f"no parameters for {node_name(node)}") from None
+
+    def offsets(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weight and bias offsets of each of ``nodes`` (ids, ``OUTPUT`` included), at once.
+
+        Raises:
+            UnknownGroupError: a node without parameters.
+        """
+        if self._offs is None:
+            offs = np.full((max(self._slots, default=0) + 3, 2), -1, dtype=np.int64)
+            for node, sl in self._slots.items():
+                offs[node + 2] = (sl.w_off, sl.b_off)
+            self._offs = offs
+        idx = np.asarray(nodes, dtype=np.int64) + 2
+        bad = (idx < 0) | (idx >= len(self._offs))
+        found = self._offs[np.where(bad, 0, idx)]
+        missing = bad | (found[:, 0] < 0)
+        if missing.any():
+            self.slot(int(idx[np.argmax(missing)]) - 2)  # raises, naming the node
+        return found[:, 0], found[:, 1]
+
+    def _set_offsets(self, node: int, slot: Slot | None) -> None:
+        offs = self._offs
+        if offs is None:
+            return
+        if node + 2 >= len(offs):
+            grown = np.full((max(2 * len(offs), node + 3), 2), -1, dtype=np.int64)
+            grown[: len(offs)] = offs
+            self._offs = offs = grown
+        offs[node + 2] = (-1, -1) if slot is None else (slot.w_off, slot.b_off)
 
     def weight(self, node: int) -> np.ndarray:
         """``W`` of ``node``: a writable ``(width, fan_in)`` view into the arena."""
@@ -235,6 +267,7 @@ class ParamStore:
         self._w_top += w_size
         self._b_top += rows
         self._slots[node] = slot
+        self._set_offsets(node, slot)
         self._record(ParamOp("alloc", node, rows=rows, cols=cols, slot=slot))
         return slot
 
@@ -242,6 +275,7 @@ class ParamStore:
         """Drop ``node``'s slot; its memory becomes a hole (reused after a compaction)."""
         self.slot(node)
         del self._slots[node]
+        self._set_offsets(node, None)
         self._record(ParamOp("free", node))
 
     def copy_columns(
@@ -328,6 +362,7 @@ class ParamStore:
         """Undo the batch: the slot table, and so every live value, is as at :meth:`begin`."""
         txn = self._require_txn()
         self._slots, self._w_top, self._b_top = txn.slots, txn.w_top, txn.b_top
+        self._offs = None
         self._txn = None
 
     def _require_txn(self) -> _Txn:
@@ -378,6 +413,7 @@ class ParamStore:
             bt += s.rows
         self._w, self._vw, self._b, self._vb = w, vw, b, vb
         self._w_top, self._b_top = wt, bt
+        self._offs = None
         self.layout_version += 1
         self.moved_version = self.layout_version
 
@@ -441,6 +477,7 @@ class ParamStore:
         new._w, new._vw, new._b, new._vb = (a.copy() for a in (self._w, self._vw, self._b,
                                                                 self._vb))
         new._slots = dict(self._slots)
+        new._offs = None
         new._txn = None
         return new
 

@@ -174,3 +174,32 @@ def test_nbytes() -> None:
     p.allocate(0, 4, 4)
     assert p.nbytes()["live"] == 2 * 4 * (16 + 4)
     assert p.nbytes()["capacity"] == 2 * 4 * (p.arenas()["weight"].size + p.arenas()["bias"].size)
+
+
+def test_offsets_follow_every_slot_change() -> None:
+    p = ParamStore(capacity=64)
+    rng = np.random.default_rng(3)
+
+    def check() -> None:
+        nodes = np.array(p.nodes())
+        w, b = p.offsets(nodes)
+        assert w.tolist() == [p.slot(n).w_off for n in nodes]
+        assert b.tolist() == [p.slot(n).b_off for n in nodes]
+
+    for node in [OUTPUT, 0, 1, 2, 7]:
+        p.allocate(node, 3, 4)
+    check()
+    p.begin()
+    p.allocate(40, 2, 2)  # past the table's size: it grows
+    p.release(1)
+    check()
+    p.rollback()
+    check()
+    p.release(2)
+    for node in range(8, 30):  # enough to fill the arena and compact it
+        p.allocate(node, int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    check()
+    with pytest.raises(UnknownGroupError):
+        p.offsets(np.array([0, 2]))
+    with pytest.raises(UnknownGroupError):
+        p.offsets(np.array([10**6]))
