@@ -83,6 +83,11 @@ BWD_ROWS = 8      # SD_BWD_ROWS
 LEVEL_THREADS = 128
 STEP_THREADS = 512  # default SD_STEP_THREADS
 SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
+# struct SdParamOp and enum SdOpKind in kernels/growth.cu
+OP_ZERO, OP_COPY_COLS, OP_COPY_BIAS, OP_IDENTITY, OP_SET, OP_ADD, OP_NOISE = range(7)
+OP_DTYPE = np.dtype([("kind", np.int32), ("dst", np.int32), ("dst_stride", np.int32),
+                     ("src", np.int32), ("src_stride", np.int32), ("rows", np.int32),
+                     ("ncols", np.int32), ("aux", np.int32), ("scale", np.float64)], align=True)
 
 
 def unavailable_reason(ordinal: int = 0) -> str | None:
@@ -190,8 +195,7 @@ class CudaBackend(Backend):
             "sd_gather_output")}
         growth = kernels.load("growth.cu", self.gpu)
         self._gk = {n: self.gpu.kernel(growth, n) for n in (
-            "sd_copy2d", "sd_identity", "sd_add_noise", "sd_ema_update", "sd_ema_remap",
-            "sd_ema_select")}
+            "sd_copy2d", "sd_replay", "sd_ema_update", "sd_ema_remap", "sd_ema_select")}
         self._n_sms = self.gpu.multiprocessors
         self._rows_per_block = rows_per_block
         self._dataflow = dataflow
@@ -347,53 +351,57 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------------ mutations on the device
     def _replay(self, params: ParamStore, ops: tuple[ParamOp, ...]) -> None:
-        """Apply a committed batch's ops to the device arenas, in order, by offset."""
+        """Apply a committed batch's ops to the device arenas, in order, by offset: one
+        table of ``SdParamOp`` records and one ``sd_replay`` launch (``kernels/growth.cu``)."""
         self._follow_growth(params, self._layout[1] if self._layout else 0)
         staged: list[np.ndarray] = []
-        where: dict[tuple[int, int], int] = {}  # (op, value) -> float offset in staging
         top = 0
-        for i, op in enumerate(ops):
-            for j, v in enumerate(op.values):
-                a = np.ascontiguousarray(v, dtype=np.float32).ravel()
-                where[(i, j)], top = top, top + a.size
-                staged.append(a)
-        stage = None
-        if staged:
-            stage = self._buf("staging", 4 * top)
-            self.gpu.upload_range(stage, 0, np.concatenate(staged), stream=self.stream)
-        w, vw, b, vb = (self._b(k) for k in ("weight", "weight_mom", "bias", "bias_mom"))
-        for i, op in enumerate(ops):
+
+        def stage(v: np.ndarray) -> int:  # float offset of host values in the staging buffer
+            nonlocal top
+            a = np.ascontiguousarray(v, dtype=np.float32).ravel()
+            staged.append(a)
+            top += a.size
+            return top - a.size
+
+        recs: list[tuple[float, ...]] = []
+        for op in ops:
             s, src = op.slot, op.src_slot
             if op.kind == "free":
                 continue
-            if s is None:
-                raise BackendError(f"parameter op {op.kind!r} of node {op.dst} has no slot")
+            if s is None or (op.kind in ("copy_cols", "copy_bias") and src is None):
+                raise BackendError(f"parameter op {op.kind!r} of node {op.dst} lacks its slots")
             if op.kind == "alloc":
-                for buf, off, n in ((w, s.w_off, s.w_size), (vw, s.w_off, s.w_size),
-                                    (b, s.b_off, s.rows), (vb, s.b_off, s.rows)):
-                    self.gpu.memset(buf, 0, offset=4 * off, nbytes=4 * n, stream=self.stream)
-            elif op.kind == "copy_cols" and src is not None:
-                for buf in (w, vw):
-                    self._copy2d(buf, buf, s.w_off + op.dst_col, s.cols, src.w_off + op.src_col,
-                                 src.cols, op.rows, op.ncols, op.scale)
-            elif op.kind == "copy_bias" and src is not None:
-                for buf in (b, vb):
-                    self._copy2d(buf, buf, s.b_off, 1, src.b_off, 1, op.rows, 1)
+                recs.append((OP_ZERO, s.w_off, 0, 0, 0, s.rows, s.w_size, s.b_off, 0.0))
+            elif op.kind == "copy_cols":
+                assert src is not None
+                recs.append((OP_COPY_COLS, s.w_off + op.dst_col, s.cols, src.w_off + op.src_col,
+                             src.cols, op.rows, op.ncols, 0, op.scale))
+            elif op.kind == "copy_bias":
+                assert src is not None
+                recs.append((OP_COPY_BIAS, s.b_off, 0, src.b_off, 0, op.rows, 0, 0, 0.0))
             elif op.kind == "identity":
-                self._launch(self._gk["sd_identity"], (self._blocks(s.w_size),), (256,), 0,
-                             w, np.int32(s.w_off), np.int32(s.rows))
+                recs.append((OP_IDENTITY, s.w_off, 0, 0, 0, s.rows, 0, 0, 0.0))
             elif op.kind == "set":
-                self._copy2d(w, stage, s.w_off, 0, where[(i, 0)], 0, 1, s.w_size)
-                self._copy2d(b, stage, s.b_off, 0, where[(i, 1)], 0, 1, s.rows)
+                recs.append((OP_SET, s.w_off, 0, stage(op.values[0]), 0, 0, s.w_size, 0, 0.0))
+                recs.append((OP_SET, s.b_off, 0, stage(op.values[1]), 0, 0, s.rows, 1, 0.0))
             elif op.kind == "add_weights":
-                self._copy2d(w, stage, s.w_off, 0, where[(i, 0)], 0, 1, s.w_size,
-                             accumulate=True)
+                recs.append((OP_ADD, s.w_off, 0, stage(op.values[0]), 0, 0, s.w_size, 0, 0.0))
             elif op.kind == "add_noise":
-                self._launch(self._gk["sd_add_noise"], (1,), (256,), 0, w, np.int32(s.w_off),
-                             np.int32(s.w_size), stage, np.int32(where[(i, 0)]),
-                             np.float64(op.scale))
+                recs.append((OP_NOISE, s.w_off, 0, stage(op.values[0]), 0, 0, s.w_size, 0,
+                             op.scale))
             else:
                 raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
+        if recs:
+            table = np.array(recs, dtype=OP_DTYPE)
+            self._put("param_ops", table)
+            if staged:
+                self.gpu.upload_range(self._buf("staging", 4 * top), 0, np.concatenate(staged),
+                                      stream=self.stream)
+            self._launch(self._gk["sd_replay"], (1,), (256,), 0, self._b("param_ops"),
+                         np.int32(len(recs)), *(self._b(k) for k in (
+                             "weight", "weight_mom", "bias", "bias_mom")),
+                         self._bufs.get("staging", self._b("param_ops")))
         self._layout = (id(params), params.layout_version)
         self._device_newer = True
         self._wt_stale = True

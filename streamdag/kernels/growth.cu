@@ -5,15 +5,15 @@
 //    ParamOp per change (streamdag/params.py); the device mirror replays the ops in order, by
 //    arena offset, so parameters and optimizer state of surviving groups never leave the
 //    device. Host-provided values (new slots' `set`, `add_weights`, the standard normals of
-//    `add_noise`) arrive in one staging upload.
+//    `add_noise`) arrive in one staging upload, the ops as one table of SdParamOp records.
+//      sd_replay     [1 block of 256]  the whole batch, op after op (__syncthreads between):
+//                    a batch is a few dozen small ops, so one launch beats one per op.
+//                    zero (alloc: the four arenas), copy_cols (weights and momenta, strided,
+//                    scaled), copy_bias, identity, set, add_weights, and add_noise:
+//                    W += z * (rel * (std(W) or 1)), std over the slot in float64, the scale
+//                    rounded to float like numpy's float32 product.  (ParamStore methods)
 //      sd_copy2d     [1-D grid-stride, block 256]  dst[r, c] (+)= scale * src[r, c], strided:
-//                    copy_cols (weights and momenta), copy_bias, set, add_weights, and the
-//                    arena copy when an arena grows                 (ParamStore.copy_columns)
-//      sd_identity   [1-D grid-stride, block 256]  W = I            (ParamStore.set_identity)
-//      sd_add_noise  [1 block of 256]  W += z * (rel * (std(W) or 1)); std over the slot in
-//                    float64, the scale rounded to float like numpy's float32 product
-//                                                                   (ParamStore.add_noise)
-//    A zeroed slot (`alloc`) is a memset from the host side.
+//                    the arena copy when an arena grows.
 //
 // 2. Growth scores (GradStdCriterion / ActMeanCriterion, streamdag/growth.py). Per stats slot
 //    (groups in ascending id order, as NetTables.group_ids), ema[2 * slot] is the EMA of
@@ -39,39 +39,89 @@ extern "C" __global__ void sd_copy2d(float* dst, const float* src, int dst_off, 
   }
 }
 
-extern "C" __global__ void sd_identity(float* w, int off, int n) {
-  const long long size = (long long)n * n;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
-       i += (long long)gridDim.x * blockDim.x)
-    w[off + i] = (i / n == i % n) ? 1.f : 0.f;
+// One op of a replayed batch (CudaBackend._replay builds them; the numpy dtype there must
+// match this layout). Offsets are in floats.
+enum SdOpKind { SD_ZERO, SD_COPY_COLS, SD_COPY_BIAS, SD_IDENTITY, SD_SET, SD_ADD, SD_NOISE };
+struct SdParamOp {
+  int kind;
+  int dst, dst_stride, src, src_stride, rows, ncols;
+  int aux;       // SD_ZERO: bias offset; SD_SET: 1 = into the bias arena
+  double scale;  // SD_COPY_COLS: the column scale; SD_NOISE: the relative std
+};
+
+// dst[r * dst_stride + c] (+)= scale * src[r * src_stride + c] for the block's threads
+__device__ __forceinline__ void sd_block_copy(float* dst, const float* src, int rows, int ncols,
+                                              int dst_stride, int src_stride, float scale,
+                                              bool accumulate) {
+  for (int i = threadIdx.x; i < rows * ncols; i += blockDim.x) {
+    const int r = i / ncols, c = i % ncols;
+    const float v = __fmul_rn(src[(long long)r * src_stride + c], scale);
+    float* d = dst + (long long)r * dst_stride + c;
+    *d = accumulate ? __fadd_rn(*d, v) : v;
+  }
 }
 
-extern "C" __global__ void __launch_bounds__(256) sd_add_noise(float* w, int off, int size,
-                                                                const float* z, int z_off,
-                                                                double rel) {
+extern "C" __global__ void __launch_bounds__(256) sd_replay(const SdParamOp* ops, int n_ops,
+                                                             float* w, float* vw, float* b,
+                                                             float* vb, const float* stage) {
   __shared__ double red[2][256];
-  double s = 0.0, s2 = 0.0;
-  for (int i = threadIdx.x; i < size; i += 256) {
-    const double v = w[off + i];
-    s += v;
-    s2 += v * v;
-  }
-  red[0][threadIdx.x] = s;
-  red[1][threadIdx.x] = s2;
-  __syncthreads();
-  for (int k = 128; k > 0; k >>= 1) {
-    if (threadIdx.x < k) {
-      red[0][threadIdx.x] += red[0][threadIdx.x + k];
-      red[1][threadIdx.x] += red[1][threadIdx.x + k];
+  for (int k = 0; k < n_ops; ++k) {
+    const SdParamOp op = ops[k];
+    switch (op.kind) {
+      case SD_ZERO:  // a fresh slot: ncols weights at dst, rows biases at aux
+        for (int i = threadIdx.x; i < op.ncols; i += blockDim.x) w[op.dst + i] = vw[op.dst + i] = 0.f;
+        for (int i = threadIdx.x; i < op.rows; i += blockDim.x) b[op.aux + i] = vb[op.aux + i] = 0.f;
+        break;
+      case SD_COPY_COLS:
+        sd_block_copy(w + op.dst, w + op.src, op.rows, op.ncols, op.dst_stride, op.src_stride,
+                      (float)op.scale, false);
+        sd_block_copy(vw + op.dst, vw + op.src, op.rows, op.ncols, op.dst_stride,
+                      op.src_stride, (float)op.scale, false);
+        break;
+      case SD_COPY_BIAS:
+        for (int i = threadIdx.x; i < op.rows; i += blockDim.x) {
+          b[op.dst + i] = b[op.src + i];
+          vb[op.dst + i] = vb[op.src + i];
+        }
+        break;
+      case SD_IDENTITY:  // rows x rows
+        for (int i = threadIdx.x; i < op.rows * op.rows; i += blockDim.x)
+          w[op.dst + i] = (i / op.rows == i % op.rows) ? 1.f : 0.f;
+        break;
+      case SD_SET:  // ncols values from the staging buffer
+        sd_block_copy((op.aux ? b : w) + op.dst, stage + op.src, 1, op.ncols, 0, 0, 1.f, false);
+        break;
+      case SD_ADD:
+        sd_block_copy(w + op.dst, stage + op.src, 1, op.ncols, 0, 0, 1.f, true);
+        break;
+      case SD_NOISE: {  // W (ncols values at dst) += z * (rel * (std(W) or 1))
+        double s = 0.0, s2 = 0.0;
+        for (int i = threadIdx.x; i < op.ncols; i += blockDim.x) {
+          const double v = w[op.dst + i];
+          s += v;
+          s2 += v * v;
+        }
+        red[0][threadIdx.x] = s;
+        red[1][threadIdx.x] = s2;
+        __syncthreads();
+        for (int h = blockDim.x / 2; h > 0; h >>= 1) {
+          if (threadIdx.x < h) {
+            red[0][threadIdx.x] += red[0][threadIdx.x + h];
+            red[1][threadIdx.x] += red[1][threadIdx.x + h];
+          }
+          __syncthreads();
+        }
+        const double m = red[0][0] / op.ncols;
+        double sd = sqrt(fmax(red[1][0] / op.ncols - m * m, 0.0));
+        if (sd == 0.0) sd = 1.0;
+        const float scale = (float)(op.scale * sd);
+        for (int i = threadIdx.x; i < op.ncols; i += blockDim.x)
+          w[op.dst + i] = __fadd_rn(w[op.dst + i], __fmul_rn(stage[op.src + i], scale));
+        break;
+      }
     }
-    __syncthreads();
+    __syncthreads();  // the next op may read what this one wrote
   }
-  const double m = red[0][0] / size;
-  double sd = sqrt(fmax(red[1][0] / size - m * m, 0.0));
-  if (sd == 0.0) sd = 1.0;
-  const float scale = (float)(rel * sd);
-  for (int i = threadIdx.x; i < size; i += 256)
-    w[off + i] = __fadd_rn(w[off + i], __fmul_rn(z[z_off + i], scale));
 }
 
 extern "C" __global__ void sd_ema_update(const float* grad_std, const float* act_mean, int n,
