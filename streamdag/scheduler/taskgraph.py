@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -270,6 +271,15 @@ class Task:
         return f"Task({self.name!r})"
 
 
+class _Sorted(NamedTuple):
+    """A valid task graph, sorted (see TaskGraph._toposort)."""
+
+    order: list[int]  # validate()'s order
+    level: list[int]  # per task: 0 with no predecessor, else 1 + its predecessors' largest
+    sources: np.ndarray  # the edges: sources ascending, each one's targets in added order
+    targets: np.ndarray
+
+
 class TaskGraph:
     """A DAG of named tasks.
 
@@ -291,6 +301,9 @@ class TaskGraph:
         self._index: dict[str, int] = {}
         self._succ: list[dict[int, None]] = []  # ordered sets
         self._pending: list[tuple[Task | str, Task | str]] = []
+        self._version = 0  # bumped by every task or dependency added
+        self._derived: dict[object, Any] = {}  # see _cached
+        self._derived_version = 0
 
     # -- building ---------------------------------------------------------------------
 
@@ -300,6 +313,7 @@ class TaskGraph:
         if spec.name in self._index:
             raise SchedulerError(f"task graph {self.name!r} already has a task {spec.name!r}")
         idx = len(self.specs)
+        self._version += 1
         self.specs.append(spec)
         self._index[spec.name] = idx
         self._succ.append({})
@@ -349,6 +363,7 @@ class TaskGraph:
                 raise UnknownTaskError(f"task {t.name!r} belongs to another task graph")
             if not isinstance(t, Task | str):
                 raise SchedulerError(f"a dependency is a Task or a task name, got {t!r}")
+        self._version += 1
         if isinstance(src, Task) and isinstance(dst, Task):
             self._succ[src.index][dst.index] = None
         else:
@@ -378,11 +393,31 @@ class TaskGraph:
 
         Returns:
             A topological order of task indices (Kahn's algorithm, FIFO; deterministic).
+            The graph keeps it until a task or dependency is added.
 
         Raises:
             UnknownTaskError: a dependency names a task that does not exist.
             TaskCycleError: the dependencies form a cycle (the message lists one).
         """
+        return list(self._toposort().order)
+
+    def _cached(self, key: object, make: Callable[[], Any]) -> Any:
+        """``make()``, kept under ``key`` until a task or dependency is added, so that
+        re-planning an unchanged graph does not redo it. The result is shared: read it,
+        never change it."""
+        if self._derived_version != self._version or self._pending:
+            self._derived = {}
+            self._derived_version = self._version
+        if key not in self._derived:
+            value = make()  # may resolve pending names, or fail and keep nothing
+            self._derived[key] = value
+        return self._derived[key]
+
+    def _toposort(self) -> _Sorted:
+        """validate(), also returning each task's level and the edges as arrays (cached)."""
+        return self._cached("toposort", self._sort)
+
+    def _sort(self) -> _Sorted:
         pending, self._pending = self._pending, []
         for i, (src, dst) in enumerate(pending):
             try:
@@ -392,25 +427,31 @@ class TaskGraph:
                 self._pending = pending[i:]  # unresolved edges stay pending
                 raise
             self._succ[s][d] = None
-        n = len(self.specs)
-        indeg = [0] * n
-        for targets in self._succ:
-            for v in targets:
-                indeg[v] += 1
-        order = [i for i in range(n) if indeg[i] == 0]
         succ = self._succ
-        head = 0
-        while head < len(order):  # Kahn, FIFO: deterministic, ties by insertion order
-            for v in succ[order[head]]:
-                indeg[v] -= 1
-                if indeg[v] == 0:
+        n = len(succ)
+        out_degree = np.fromiter(map(len, succ), np.intp, n)
+        targets = np.fromiter(chain.from_iterable(succ), np.intp, int(out_degree.sum()))
+        indeg_array = np.bincount(targets, minlength=n)
+        order: list[int] = np.flatnonzero(indeg_array == 0).tolist()
+        indeg: list[int] = indeg_array.tolist()
+        level = [0] * n
+        for u in order:  # Kahn, FIFO (the list grows while it is walked): ties by insertion
+            below = level[u] + 1
+            for v in succ[u]:
+                remaining = indeg[v] - 1
+                indeg[v] = remaining
+                if not remaining:
                     order.append(v)
-            head += 1
+                    # FIFO dequeues tasks in level order, so v's last predecessor to be
+                    # dequeued, u, has the highest level among them
+                    level[v] = below
         if len(order) != n:
             raise TaskCycleError(
                 f"task graph {self.name!r} has a cycle: {' -> '.join(self._find_cycle(indeg))}"
             )
-        return order
+        sources = np.repeat(np.arange(n), out_degree)
+        sources.flags.writeable = targets.flags.writeable = False
+        return _Sorted(order, level, sources, targets)
 
     def _find_cycle(self, indeg: list[int]) -> list[str]:
         left = {i for i, d in enumerate(indeg) if d > 0}
