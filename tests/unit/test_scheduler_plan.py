@@ -252,3 +252,33 @@ def test_critical_path_keeps_a_chain_on_one_stream() -> None:
     where = plan.task_launch()
     assert len({plan.launches[where[i]].stream for i in range(10)}) == 1
     assert len({plan.launches[where[10 + i]].stream for i in range(6)}) > 1
+
+
+def test_replanning_after_a_change_sees_the_change() -> None:
+    """Planning caches what it derives from a task graph; adding a task or an edge must
+    invalidate it: the re-plan equals the plan of a graph built with the change from the
+    start."""
+
+    def build(extra: bool) -> TaskGraph:
+        tg = diamond()
+        if extra:
+            e = tg.host("e", copy_add, Buf("e"), Buf("d"), 1.0, fuse_key="k")
+            tg.task("a").precede(e)
+            tg.task("d").precede("e")
+        return tg
+
+    for policy, fuse in itertools.product(("round_robin", "critical_path", "random"),
+                                          (False, True)):
+        tg = build(False)
+        first = make_plan(tg, streams=3, policy=policy, fuse=fuse)
+        assert make_plan(tg, streams=3, policy=policy, fuse=fuse) == first  # cached: same
+        order = tg.validate()
+        order.append(99)  # validate() hands out a copy
+        assert tg.validate() == order[:-1]
+        e = tg.host("e", copy_add, Buf("e"), Buf("d"), 1.0, fuse_key="k")
+        tg.task("a").precede(e)
+        tg.task("d").precede("e")  # by name: resolved at the next validate
+        again = make_plan(tg, streams=3, policy=policy, fuse=fuse)
+        fresh = make_plan(build(True), streams=3, policy=policy, fuse=fuse)
+        assert again.launches == fresh.launches and again.events == fresh.events
+        assert len(again.tasks) == 5
