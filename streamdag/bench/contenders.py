@@ -74,6 +74,11 @@ class Runner(ABC):
     def sync_params(self) -> None:
         """Bring ``self.params`` (the host copy) up to date."""
 
+    def device_memory(self) -> dict[str, int] | None:
+        """Device bytes held and the bytes the step truly needs (parameters, optimizer
+        state, activations, gradients), where the runner knows them."""
+        return None
+
     #: whether :meth:`mutate` brings the host copy up to date first (not for a backend that
     #: replays the batch on its own copy, as the trainer does)
     syncs_before_mutation: bool = True
@@ -134,6 +139,13 @@ class BackendRunner(Runner):
 
     def sync_params(self) -> None:
         self.backend.sync_params(self.params)
+
+    def device_memory(self) -> dict[str, int] | None:
+        report = getattr(self.backend, "memory_report", None)
+        if report is None:
+            return None
+        m = report()
+        return {"held_bytes": int(m["total"]), "needed_bytes": int(m["needed"])}
 
     def after_mutation(self, report: Any) -> None:
         self.backend.on_mutation(self.graph, self.params, report)

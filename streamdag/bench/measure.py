@@ -10,8 +10,10 @@ One contender on one workload gives one record (see BENCHMARK.md, "Results forma
 3. **correctness gate**: run :data:`GATE_STEPS` steps; the loss computed in the last of them
    (before its update) must equal the numpy reference's within :data:`GATE_RTOL` relative,
    else ``failed`` and not timed;
-4. warm-up steps, then timed steps, each from an idle device (CUDA events on a GPU, a host
-   clock otherwise); median, p10 and p90 in milliseconds.
+4. warm-up steps, then timed steps, each from an idle device (PyTorch on a GPU: CUDA events
+   around the step; streamdag runners: a host clock from idle to idle again, which also
+   counts their host work and the sync; a host clock on the CPU); median, p10 and p90 in
+   milliseconds.
 
 Time budget: a contender whose estimated ``steps × step time`` exceeds the budget is
 ``skipped`` with reason "over time budget" — except a ``capped`` one (the serial reference),
@@ -139,6 +141,9 @@ def measure(contender: Contender, work: Workload, reference: float,
         return _empty("failed", _failure(exc))
     rec = {"status": "ok", **spread(times), "steps": steps, "setup_ms": setup_ms,
            "gate": gate}
+    memory = runner.device_memory()
+    if memory is not None:
+        rec["device_memory"] = memory
     if note is not None:
         rec["note"] = note
     return rec

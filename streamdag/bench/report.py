@@ -87,6 +87,11 @@ def _step_table(rs: list[dict[str, Any]]) -> list[str]:
             extra = r.get("note", "")
             if r.get("setup_ms") is not None and "graph" in r["contender"]:
                 extra = (extra + "; " if extra else "") + f"build+capture {_ms(r['setup_ms'])} ms"
+            mem = r.get("device_memory")
+            if mem and mem["needed_bytes"]:
+                extra = (extra + "; " if extra else "") + (
+                    f"device {mem['held_bytes'] / 2**20:,.0f} MiB held for "
+                    f"{mem['needed_bytes'] / 2**20:,.0f} MiB needed")
         lines.append(f"| {r['contender']} | {_ms(r['median_ms'])} | {_ms(r['p10_ms'])}–"
                      f"{_ms(r['p90_ms'])} | {r['steps']} | {ratio} | {extra} |")
     return lines
@@ -127,7 +132,9 @@ def render_markdown(records: list[dict[str, Any]], *, plots: Iterable[str] = ())
         "One step = forward + softmax cross-entropy + backward + SGD update (lr 0.01, "
         "momentum 0, float32, TF32 off) on one fixed batch, all contenders in one process on "
         "the same DAG, initial parameters and batch. Median and p10–p90 over the timed steps, "
-        "each from an idle device (CUDA events on the GPU, `perf_counter` on the CPU). "
+        "each from an idle device (PyTorch on the GPU: CUDA events around the step; "
+        "streamdag: `perf_counter` from an idle device until the device is idle again, host "
+        "launch work and the final sync included; CPU: `perf_counter`). "
         f"Correctness gate: the loss computed in step {GATE_STEPS} equals the float32 numpy "
         f"reference's within {rtol:g} relative, or the contender is reported failed "
         "and not timed." + ("" if rtol == GATE_RTOL else f" (BENCHMARK.md asks for "
