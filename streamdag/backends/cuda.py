@@ -21,8 +21,8 @@ A step is a handful of launches whose shape depends on ``mode``:
 * ``persistent`` (default): one launch runs forward, loss and pull backward of the whole DAG
   for a slice of batch rows per block — rows are independent until the weight gradient, so
   no block ever waits for another. Inside a block, ``sd_step_flow`` walks the DAG as a
-  dataflow: each warp takes groups in topological order and waits (per-node flags in shared
-  memory) only for that group's own inputs; ``dataflow=False`` (or a graph too large for
+  dataflow: a free warp takes the next group in topological order and waits (per-node flags
+  in shared memory) only for that group's own inputs; ``dataflow=False`` (or a graph too large for
   the flags) uses ``sd_step_rows``, which separates whole levels with ``__syncthreads``.
   Then ``sd_wgrad_update`` (weight gradient, SGD step, growth statistics; one block per tile
   of one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches a step.
