@@ -389,7 +389,6 @@ extern "C" __global__ void sd_reduce_loss(const float* loss_rows, const int* cor
 // instead serialised ~560 dependent loads per warp at M (~200 µs).
 #define SD_OUT_CLASSES 4
 __device__ __forceinline__ void sd_output_rows(const Node* __restrict__ nodes,
-                                               const int* __restrict__ preds,
                                                const int* __restrict__ colmap,
                                                const float* __restrict__ weight,
                                                const float* __restrict__ bias, float* act,
@@ -482,7 +481,7 @@ extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_rows(
     }
     __syncthreads();
   }
-  sd_output_rows(nodes, preds, colmap, weight, bias, act, part, level_start[out_level], b0, nb,
+  sd_output_rows(nodes, colmap, weight, bias, act, part, level_start[out_level], b0, nb,
                  rows, row_stride, split_output);
   if (forward_only) return;
   sd_softmax_rows(nodes[level_start[out_level]], act, dh, dz, labels, loss_rows, correct_rows,
@@ -704,7 +703,7 @@ extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_flow(
   }
   __syncthreads();
   if (tracing && threadIdx.x == 0) trace[4 * out] = clock64();
-  sd_output_rows(nodes, preds, colmap, weight, bias, act, part, out, b0, nb, rows, row_stride,
+  sd_output_rows(nodes, colmap, weight, bias, act, part, out, b0, nb, rows, row_stride,
                  split_output);
   if (tracing && threadIdx.x == 0) trace[4 * out + 1] = clock64();
   if (forward_only) return;
