@@ -654,8 +654,8 @@ class CudaBackend(Backend):
         else:  # level-synchronous: flags would not fit in shared memory
             self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),),
                          (self._step_threads,),
-                         partials if split else 0, self._b("nodes"), self._b("preds"),
-                         self._b("colmap"), self._b("succs"), self._b("level_start"),
+                         partials if split else 0, self._b("nodes"), self._b("colmap"),
+                         self._b("succs"), self._b("level_start"),
                          np.int32(t.n_levels), *common, *tail)
         if not forward_only:
             self._launch_update(self.stream, batch)

@@ -179,6 +179,17 @@ class EagerRunner(TorchRunner):
             params.bias(node)[...] = lin.bias.detach().cpu().numpy()
 
 
+def _warm_up_on_side_stream(torch: Any, device: Any, step: Any) -> None:
+    """Run ``step`` a few times on a side stream before a capture, as the PyTorch docs do
+    (lazy initialisation and autotuning must not land in the graph)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(_GRAPH_WARMUP):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 class GraphRunner(EagerRunner):
     """:class:`EagerRunner`'s whole step (optimizer included) captured in one CUDA graph."""
 
@@ -188,12 +199,7 @@ class GraphRunner(EagerRunner):
         torch = self.torch
         weights = list(self.layers.parameters())
         initial = [p.detach().clone() for p in weights]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(_GRAPH_WARMUP):
-                super().step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        _warm_up_on_side_stream(torch, self.device, super().step)
         self.cuda_graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.cuda_graph):
@@ -344,12 +350,7 @@ class LevelsGraphRunner(LevelsRunner):
         super().__init__(graph, params, x, y, lr=lr, device=device)
         torch = self.torch
         initial = [p.clone() for p in self.param_list]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(_GRAPH_WARMUP):
-                super().step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        _warm_up_on_side_stream(torch, self.device, super().step)
         self.cuda_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.cuda_graph):
             super().step()

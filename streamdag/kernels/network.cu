@@ -455,7 +455,6 @@ __device__ __forceinline__ void sd_softmax_rows(const Node& out, const float* ac
 // (every sink group) is much larger than a group's. forward_only skips loss and backward.
 extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_rows(
                                         const Node* __restrict__ nodes,
-                                        const int* __restrict__ preds,
                                         const int* __restrict__ colmap,
                                         const int4* __restrict__ succs,
                                         const int* __restrict__ level_start, int n_levels,
