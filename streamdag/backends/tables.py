@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..graph import OUTPUT, NetworkGraph
+from ..graph import INPUT, OUTPUT, NetworkGraph
 from ..params import ParamStore
 
 __all__ = ["MAX_INT32", "NODE_FIELDS", "WG_THREADS", "WG_XCOLS", "NetTables"]
@@ -21,6 +21,11 @@ NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
 WG_THREADS = 256  # SD_WG_THREADS
 WG_XCOLS = 32     # SD_WG_XCOLS: columns of a weight-gradient tile at most
 MAX_INT32 = 2**31 - 1
+# columns of a weight-gradient tile of a node, by min(width, 64): a thread owns one output and
+# two columns of its tile, so up to 2 * (WG_THREADS // outputs) columns (at most WG_XCOLS)
+_PER_TILE = np.clip(2 * (WG_THREADS // np.arange(1, 65)), 1, WG_XCOLS).astype(np.int32)
+_PER_TILE = np.concatenate([[1], _PER_TILE])  # width 0 (none has it): 1 column, as clip gives
+assert INPUT == -1  # NetTables.build indexes by id, INPUT wrapping around to the last entry
 
 
 @dataclass(frozen=True)
@@ -58,81 +63,116 @@ class NetTables:
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
         """Vectorised over nodes and edges, from ``graph.level_arrays()`` and
-        ``params.offsets()``: no Python loop over the groups."""
+        ``params.offsets()``: no Python loop over the groups.
+
+        It runs after every mutation batch, so it keeps numpy calls and temporaries few and
+        small (fresh pages for a large temporary cost as much as the arithmetic on it): node
+        fields are computed in place in the columns of ``nodes``, in int32 once the sizes are
+        checked, and successor and tile records are copies of per-node records.
+        """
         lv = graph.level_arrays()
         n = len(lv.ids) + 2  # input, the groups level by level, output
-        out_preds = np.asarray(graph.output.preds, dtype=np.int64)
-        index = np.zeros(graph.next_id + 1, dtype=np.int64)  # node index by id + 1 (input: 0)
-        index[lv.ids + 1] = np.arange(1, n - 1)
-        width = np.concatenate([[graph.n_inputs], lv.width, [graph.n_classes]])
-        act = _starts(width)
-        row_stride = int(width.sum())
+        # node index by id; INPUT (-1) reads the last entry: the input's index, 0
+        index = np.zeros(graph.next_id + 1, dtype=np.intp)
+        index[lv.ids] = np.arange(1, n - 1)
         # edges (pred entry e of node owner[e]), in each node's predecessor order
-        n_preds = np.concatenate([[0], lv.n_preds, [len(out_preds)]])
-        pred_idx = index[np.concatenate([lv.preds, out_preds]) + 1]
-        owner = np.repeat(np.arange(n), n_preds)
+        out_preds = np.fromiter(graph.output.preds, np.intp, len(graph.output.preds))
+        pred_idx = index[np.concatenate([lv.preds, out_preds])]
+        n_edges = len(pred_idx)
+        counts = np.zeros(n, dtype=np.intp)  # n_preds as np.repeat likes them: contiguous
+        counts[1:-1], counts[-1] = lv.n_preds, len(out_preds)
+        owner = np.repeat(np.arange(n), counts)
+        nodes = np.zeros((n, NODE_FIELDS), dtype=np.int32)
+        (width, fan_in, w_off, b_off, act, pred_start, n_preds, succ_start, n_succs, relu,
+         col_start) = nodes.T[:11]  # views of its columns (struct Node), filled in place
+        width[0], width[1:-1], width[-1] = graph.n_inputs, lv.width, graph.n_classes
+        n_preds[:] = counts
         pw = width[pred_idx]
+        row_stride = int(lv.width.sum()) + graph.n_inputs + graph.n_classes
         n_cols = int(pw.sum())
         if max(row_stride, params.arenas()["weight"].size, n_cols) > MAX_INT32:
             raise ConfigError("the network is too large for 32-bit kernel tables")
-        fan_in = np.bincount(owner, weights=pw, minlength=n).astype(np.int64)
-        col_start = _starts(fan_in)
-        entry_col = _starts(pw)  # global column of entry e
-        col_in_owner = entry_col - col_start[owner]
-        # int32 from the start, added in place (the largest table): every value fits (above)
-        colmap = np.repeat((act[pred_idx] - entry_col).astype(np.int32), pw)
-        colmap += np.arange(n_cols, dtype=np.int32)
-        w_off, b_off = (np.concatenate([[0], o]) for o in params.offsets(
-            np.concatenate([lv.ids, [OUTPUT]])))
-        # successor records, grouped by predecessor (the input has none); the keys
-        # (predecessor, edge) are unique, so a quicksort orders them as a stable sort would
-        keep = np.flatnonzero(pred_idx)
-        by_pred = keep[np.argsort(pred_idx[keep] * len(pred_idx) + keep)]
-        e_owner = owner[by_pred]
-        succs = _int32_columns(act[e_owner], w_off[e_owner] + col_in_owner[by_pred],
-                               width[e_owner], fan_in[e_owner])
-        n_succs = np.bincount(pred_idx[by_pred], minlength=n)
-        relu = np.ones(n, dtype=np.int64)
-        relu[-1] = 0
-        nodes = _int32_columns(width, fan_in, w_off, b_off, act, _starts(n_preds), n_preds,
-                               _starts(n_succs), n_succs, relu, col_start, np.zeros(n, np.int64))
-        nodes[0, 1:] = 0
-        # weight-gradient tiles: a thread owns one output and two columns of its tile, so
-        # a tile has up to 2 * (WG_THREADS // outputs) columns (and at most WG_XCOLS)
-        group_ids = np.sort(lv.ids)
-        stat_slot = np.full(n, -1, dtype=np.int64)
-        stat_slot[index[group_ids + 1]] = np.arange(len(group_ids))
-        per_tile = np.clip(2 * (WG_THREADS // np.minimum(width, 64)), 1, WG_XCOLS)
-        n_tiles = -(-fan_in // per_tile)
+        # from here on every value fits in int32 (above)
+        _exclusive_cumsum(width, out=act)
+        _exclusive_cumsum(n_preds, out=pred_start)
+        entry_col = np.zeros(n_edges + 1, dtype=np.int32)  # global column of entry e; n_cols
+        np.cumsum(pw, dtype=np.int32, out=entry_col[1:])
+        col_start[1:] = entry_col.take(pred_start[1:])
+        np.subtract(col_start[1:], col_start[:-1], out=fan_in[:-1])
+        fan_in[-1] = n_cols - col_start[-1]
+        colmap = np.repeat(act[pred_idx] - entry_col[:-1], pw)  # the largest table
+        colmap += _iota(n_cols)
+        w_off[1:], b_off[1:] = params.offsets(np.append(lv.ids, OUTPUT))
+        relu[1:-1] = 1
+        # successor records, grouped by predecessor, in edge order within one: sort the
+        # unique keys (predecessor, edge) packed into one integer (int32 where they fit): a
+        # sort, several times faster than an argsort. The input's come first (predecessor
+        # 0) and are dropped: it has no records.
+        shift = n_edges.bit_length()
+        key = pred_idx.astype(np.int32 if n << shift <= 2**31 else np.int64)
+        key <<= shift
+        key |= _iota(n_edges)
+        key.sort()
+        n_succs[:] = np.bincount(pred_idx, minlength=n)
+        by_pred = (key[n_succs[0]:] & ((1 << shift) - 1)).astype(np.intp)  # edges
+        n_succs[0] = 0
+        _exclusive_cumsum(n_succs, out=succ_start)
+        succ_node = owner.take(by_pred)
+        # (act, w_off + the edge's first column within the node, width, fan_in) of succ_node
+        per_node = nodes[:, [4, 2, 0, 1]]  # act, w_off, width, fan_in
+        per_node[:, 1] -= col_start
+        succs = per_node.take(succ_node, axis=0)
+        succs[:, 1] += entry_col.take(by_pred)
+        # weight-gradient tiles: per node (index, its first tile, fan-in, stats slot), one
+        # copy per tile, then the first tile -> the tile's first column and fan-in -> columns
+        per_tile = _PER_TILE.take(np.minimum(width, 64))
+        # ceil(fan_in / per_tile) in float64, exact (fan_in < 2**31, per_tile <= 32), at
+        # half the cost of integer division
+        n_tiles = np.ceil(fan_in / per_tile).astype(np.intp)
         n_tiles[0] = 0
-        t_node = np.repeat(np.arange(n), n_tiles)
-        t_c0 = (np.arange(len(t_node)) - _starts(n_tiles)[t_node]) * per_tile[t_node]
-        tiles = _int32_columns(t_node, t_c0, np.minimum(per_tile[t_node], fan_in[t_node] - t_c0),
-                               stat_slot[t_node])
-        starts = np.concatenate([[0, 1], 1 + np.cumsum(lv.level_sizes), [n]])
+        group_ids = np.flatnonzero(index[:-1])  # ascending: stats slot k is group_ids[k]
+        node_tile = np.empty((n, 4), dtype=np.int32)
+        node_tile[:, 0] = _iota(n)
+        _exclusive_cumsum(n_tiles, out=node_tile[:, 1])
+        node_tile[:, 2] = fan_in
+        stat_slot = node_tile[:, 3]
+        stat_slot[:] = -1
+        stat_slot[index[group_ids]] = _iota(len(group_ids))
+        tiles = np.repeat(node_tile, n_tiles, axis=0)
+        t_per = np.repeat(per_tile, n_tiles)
+        t_c0 = tiles[:, 1]
+        np.multiply(_iota(len(tiles)) - t_c0, t_per, out=t_c0)
+        np.minimum(t_per, tiles[:, 2] - t_c0, out=tiles[:, 2])
+        # level l is the nodes starts[l] .. starts[l + 1]: the input, the levels, the output
+        starts = np.cumsum(np.concatenate([[0, 1], lv.level_sizes, [1]]), dtype=np.int32)
         return cls(
             nodes=nodes,
             preds=pred_idx.astype(np.int32) if len(pred_idx) else np.zeros(1, np.int32),
             succs=succs if len(succs) else np.zeros((1, 4), np.int32),
-            succ_node=e_owner.astype(np.int32) if len(e_owner) else np.zeros(1, np.int32),
+            succ_node=succ_node.astype(np.int32) if len(succ_node) else np.zeros(1, np.int32),
             colmap=colmap,
-            level_start=starts.astype(np.int32),
+            level_start=starts,
             tiles=tiles,
             group_ids=group_ids.astype(np.int32),
             row_stride=row_stride,
         )
 
 
-def _starts(counts: np.ndarray) -> np.ndarray:
-    """Where each run starts when runs of ``counts`` are laid end to end (exclusive cumsum)."""
-    out = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=out[1:])
-    return out
+def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:
+    """Where each run starts when runs of ``counts`` are laid end to end, written to ``out``
+    in its dtype (the caller vouches that the sums fit)."""
+    out[:1] = 0
+    np.cumsum(counts[:-1], dtype=out.dtype, out=out[1:])
 
 
-def _int32_columns(*cols: np.ndarray) -> np.ndarray:
-    """The 1-D arrays ``cols`` side by side, as one ``(len, len(cols))`` int32 array."""
-    out = np.empty((len(cols[0]), len(cols)), dtype=np.int32)
-    for j, col in enumerate(cols):
-        out[:, j] = col
-    return out
+# np.arange(k, dtype=np.int32) for every k up to its length: see _iota
+_IOTA = [np.arange(0, dtype=np.int32)]
+
+
+def _iota(k: int) -> np.ndarray:
+    """``np.arange(k, dtype=np.int32)``, read-only: a view of one cached array, grown as the
+    network grows (filling a fresh colmap-sized one costs more than the add that uses it)."""
+    if len(_IOTA[0]) < k:
+        _IOTA[0] = np.arange(max(k, 2 * len(_IOTA[0])), dtype=np.int32)
+        _IOTA[0].flags.writeable = False
+    return _IOTA[0][:k]
