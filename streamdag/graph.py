@@ -28,7 +28,9 @@ Derived data is cached. The topological order is dropped on every change and rec
 demand. Depths survive a batch: ``_validate_batch`` repairs them from the depths before it
 by propagating increases from the touched groups, which is exact when no depth can have
 decreased (see ``_depths_can_only_grow``: duplications and new edges) and also proves the
-graph acyclic; other batches (prunes, removed edges) recompute them. Per-id numpy columns
+graph acyclic; other batches (prunes, removed edges) recompute them. The repair works on the
+map in place (a batch touches a few of thousands of entries), so graphs never share a depth
+map, and a rollback after a repair drops it instead of restoring it. Per-id numpy columns
 (width, predecessors) are refreshed for the ids changed since they were last read, so that
 :meth:`NetworkGraph.level_arrays` — what the kernels' tables are built from — costs numpy
 operations, not a Python loop over every group.
@@ -40,6 +42,7 @@ import heapq
 import json
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -128,6 +131,9 @@ class NetworkGraph:
         self.n_classes = int(n_classes)
         self._max_groups = max_groups
         self._groups: dict[int, NeuronGroup] = {}
+        # the width of the input and of every group (mirrors _groups): sums of widths over
+        # the output's hundreds of predecessors run in C, as map(_widths.__getitem__, …)
+        self._widths: dict[int, int] = {INPUT: self.n_inputs}
         self._succs: dict[int, list[int]] = {INPUT: []}
         self._output = NeuronGroup(OUTPUT, self.n_classes, ())
         self._next_id = 0
@@ -136,6 +142,8 @@ class NetworkGraph:
         self._depth: dict[int, int] | None = None
         self._columns: _Columns | None = None
         self._dirty: set[int] = set()  # ids whose record changed since _columns last saw them
+        # (preds, frozenset(preds)) for the output's last two predecessor tuples; see _set_of
+        self._output_sets: list[tuple[tuple[int, ...], frozenset[int]]] = []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -170,6 +178,7 @@ class NetworkGraph:
                 if p != INPUT and not 0 <= p < len(widths):
                     raise UnknownGroupError(f"group {i}: predecessor {p} is not a group")
             g._groups[i] = NeuronGroup(i, _check_width(w, where=f"group {i}"), tuple(ps))
+            g._widths[i] = g._groups[i].width
             g._succs[i] = []
         g._next_id = len(widths)
         for i, ps in enumerate(preds):
@@ -229,10 +238,8 @@ class NetworkGraph:
 
     def width(self, node: int) -> int:
         """Width of a group, of the input or of the output."""
-        grp = self._groups.get(node)  # groups first: the common case, in mutations' loops
-        if grp is not None:
-            return grp.width
-        return self.n_inputs if node == INPUT else self.group(node).width
+        w = self._widths.get(node)
+        return self.group(node).width if w is None else w  # (the output, or raises)
 
     def preds(self, node: int) -> tuple[int, ...]:
         """Ordered predecessors of a group or of the output."""
@@ -243,14 +250,39 @@ class NetworkGraph:
         if node != INPUT and node not in self._groups:
             raise UnknownGroupError(f"no group with id {node} in the graph")
         out = list(self._succs[node])
-        if node in self._output.preds:
+        if self._feeds_output(node):
             out.append(OUTPUT)
         return out
 
+    def _feeds_output(self, node: int) -> bool:
+        """``node in self.output.preds``, without scanning the output's hundreds of preds."""
+        return node in self._set_of(self._output.preds)
+
+    def _set_of(self, preds: tuple[int, ...]) -> frozenset[int]:
+        """``frozenset(preds)``, kept for the last two tuples asked for: the output's
+        predecessors as a set, wanted several times between changes (and the batch check
+        wants the tuple of ``_begin`` too)."""
+        for tup, fs in self._output_sets:
+            if tup is preds:
+                return fs
+        fs = frozenset(preds)
+        self._output_sets = [(preds, fs), *self._output_sets[:1]]
+        return fs
+
     def fan_in(self, node: int) -> int:
         """Number of input columns of ``node``'s weight matrix."""
-        groups = self._groups  # every predecessor exists: the primitives keep it so
-        return sum(self.n_inputs if p == INPUT else groups[p].width for p in self.preds(node))
+        return self._width_sum(self.preds(node))
+
+    def weight_shape(self, node: int) -> tuple[int, int]:
+        """``(width(node), fan_in(node))``: the shape of ``node``'s weight matrix."""
+        grp = self._groups.get(node)
+        if grp is None:
+            grp = self.group(node)  # the output, or raises
+        return grp.width, self._width_sum(grp.preds)
+
+    def _width_sum(self, nodes: Iterable[int]) -> int:
+        """Total width of ``nodes`` (groups or the input)."""
+        return sum(map(self._widths.__getitem__, nodes))  # every one exists: primitives see to it
 
     def column_offsets(self, node: int) -> dict[int, int]:
         """Where each predecessor's block of columns starts in ``node``'s weight matrix."""
@@ -285,7 +317,8 @@ class NetworkGraph:
         return dict(self._depth_map())
 
     def _depth_map(self) -> dict[int, int]:
-        """The cached depths (not a copy: never change it in place); raises CycleError.
+        """The cached depths (not a copy: only a batch's repair changes it in place, and
+        tells the columns); raises CycleError.
 
         Kahn's algorithm a level at a time: a group becomes ready in the round after its
         deepest predecessor, so the round is its depth (no heap: the order within a round
@@ -326,8 +359,11 @@ class NetworkGraph:
         """
         cols = self._fresh_columns()
         depth = cols.sync_depths(self._depth_map())
-        ids = np.flatnonzero(cols.alive)
-        ids = ids[np.argsort(depth[ids] * len(cols.alive) + ids)]  # by depth, then id
+        ids = np.flatnonzero(cols.alive)  # by id; a stable sort by depth keeps that in ties
+        key = depth[ids]
+        if len(cols.alive) <= 1 << 16:  # a depth <= groups < len(alive): radix-sorted 16 bits
+            key = key.astype(np.uint16)
+        ids = ids[np.argsort(key, kind="stable")]
         n_preds = cols.count[ids]
         first = np.cumsum(n_preds) - n_preds  # where each group's run starts in `preds`
         at = np.repeat(cols.start[ids] - first, n_preds) + np.arange(int(n_preds.sum()))
@@ -432,10 +468,10 @@ class NetworkGraph:
         if len(want) != len(stored) or set(want) != set(stored):
             raise InvariantError(f"successor index of {node_name(node)} is stale")
 
-    def _check_output(self, sinks: set[int]) -> None:
+    def _check_output(self, sinks: AbstractSet[int]) -> None:
         """The output is fed by exactly ``sinks``, the groups without successor, once each."""
         out = self._output.preds
-        fed = set(out)
+        fed = self._set_of(out)
         if fed != sinks:
             raise InvariantError(f"output is fed by {list(out)} but the groups without "
                                  f"successor are {sorted(sinks)}")
@@ -460,8 +496,10 @@ class NetworkGraph:
         for gid, grp in b.groups.items():
             if grp is None:
                 self._groups.pop(gid, None)
+                self._widths.pop(gid, None)
             else:
                 self._groups[gid] = grp
+                self._widths[gid] = grp.width
             self._dirty.add(gid)
         if b.order is not None:  # a removed group came back: restore the iteration order too
             self._groups = {g: self._groups[g] for g in b.order if g in self._groups}
@@ -471,7 +509,8 @@ class NetworkGraph:
             else:
                 self._succs[node] = lst
         self._output, self._next_id = b.output, b.next_id
-        self._topo, self._depth = b.topo, b.depth
+        # A map the repair changed in place is not the one of _begin any more: drop it.
+        self._topo, self._depth = b.topo, None if b.depth_changed else b.depth
         self._batch = None
 
     def _open_batch(self) -> _Batch:
@@ -495,26 +534,34 @@ class NetworkGraph:
         """
         b = self._open_batch()
         self._check_size()
-        touched = b.groups
-        alive = [g for g in touched if g in self._groups]
+        touched, saved, groups, succs = b.groups, b.succs, self._groups, self._succs
         listing: dict[int, list[int]] = {}  # node -> the touched groups that list it now
-        for g in alive:
+        for g in touched:
+            grp = groups.get(g)
+            if grp is None:
+                continue
             self._check_record(g)
-            for p in self._groups[g].preds:
-                listing.setdefault(p, []).append(g)
-        nodes = {*touched, *b.succs, *listing}
+            for p in grp.preds:
+                if p in listing:
+                    listing[p].append(g)
+                else:
+                    listing[p] = [g]
+        nodes = {*touched, *saved, *listing}
         for old in touched.values():
             if old is not None:
                 nodes.update(old.preds)
         for n in nodes:
-            before = b.succs[n] if n in b.succs else self._succs.get(n, [])
-            kept = [s for s in before or () if s not in touched]  # still list n: untouched
-            if n == INPUT or n in self._groups:
-                self._check_succs(n, kept + listing.get(n, []))
+            before = saved[n] if n in saved else succs.get(n)
+            kept = [s for s in before if s not in touched] if before else []  # untouched
+            if n == INPUT or n in groups:
+                want = kept + listing[n] if n in listing else kept
+                if want != succs[n]:  # the same list in the same order passes at once
+                    self._check_succs(n, want)
             elif kept:
                 raise InvariantError(f"group {kept[0]}: predecessor {node_name(n)} is not a group")
-        sinks = {s for s in b.output.preds if s not in nodes}
-        sinks.update(n for n in nodes if n in self._groups and not self._succs[n])
+        sinks = set(self._set_of(b.output.preds))
+        sinks.difference_update(nodes)
+        sinks.update(n for n in nodes if n in groups and not succs[n])
         self._check_output(sinks)
         try:
             depth, raised = self._repaired_depths(b)
@@ -536,24 +583,39 @@ class NetworkGraph:
         those are then lower bounds, and raising them along every edge until each edge
         ``p → s`` has ``depth[s] > depth[p]`` reaches the longest-path depths (the least
         values with that property). Raises travel level by level: a group raised to ``v``
-        is looked at with the others of level ``v``, so it is usually looked at once.
+        is looked at with the others of level ``v``, so it is usually looked at once — twice
+        when a predecessor of the same level raises it after its look, which two waves of
+        raises through one region (two depth duplications on one long path) do to most of
+        it. Looking at a large level by id avoids most of that: ids follow creation, and a
+        group is mostly created after its predecessors.
+
         Reaching the end proves the graph acyclic; a cycle would raise forever, so past
-        ``len(self)`` looks the depths are recomputed — cheaper than the repair by then, and
-        the recomputation names the cycle.
+        ``2 * len(self)`` looks the depths are recomputed — a look costs about half of what a
+        recomputation spends per group, so the repair is the cheaper until then; the
+        recomputation also names the cycle.
+
+        The repair changes ``b.depth`` in place (and says so in ``b.depth_changed``):
+        copying a map as large as the graph cost more than the repair of a typical batch.
         """
         if b.depth is None or not self._depths_can_only_grow(b):
             return self._depth_map(), None
-        d = dict(b.depth)
+        d = b.depth
+        b.depth_changed = True
+        groups = self._groups
         seeds: dict[int, list[int]] = {}  # level -> touched groups starting there
         changed: list[int] = []
         for g in b.groups:
-            grp = self._groups.get(g)
+            grp = groups.get(g)
             if grp is None:
                 d.pop(g, None)
                 continue
-            d[g] = max(d.get(g, 1), 1 + max(d.get(p, 0) for p in grp.preds))
-            seeds.setdefault(d[g], []).append(g)
-        succs, budget = self._succs, len(self._groups)
+            v = max(d.get(g, 1), 1 + max([d.get(p, 0) for p in grp.preds]))
+            d[g] = v
+            if v in seeds:
+                seeds[v].append(g)
+            else:
+                seeds[v] = [g]
+        succs, budget = self._succs, 2 * len(groups)
         frontier: list[int] = []  # groups raised to `level` (or touched there)
         level = 0
         while frontier or seeds:
@@ -564,6 +626,8 @@ class NetworkGraph:
             budget -= len(frontier)
             if budget < 0:
                 return self._depth_map(), None
+            if len(frontier) >= 8:  # (small levels seldom hold an edge: not worth a sort)
+                frontier.sort()
             up, raised = level + 1, []
             for g in frontier:
                 if d[g] == level:  # else raised again since, and looked at from there
@@ -572,7 +636,7 @@ class NetworkGraph:
                             d[s] = up
                             raised.append(s)
             frontier, level = raised, up
-        d[OUTPUT] = 1 + max((d[p] for p in self._output.preds), default=0)
+        d[OUTPUT] = 1 + max(map(d.__getitem__, self._output.preds), default=0)
         return d, changed
 
     def _depths_can_only_grow(self, b: _Batch) -> bool:
@@ -599,9 +663,12 @@ class NetworkGraph:
         gid = self._next_id
         ps = tuple(preds)
         self._check_exist(ps)
-        grp = NeuronGroup(gid, _check_width(width, where=f"group {gid}"), ps, born)
+        if type(width) is not int or not MIN_WIDTH <= width <= MAX_WIDTH:  # skip the slow check
+            width = _check_width(width, where=f"group {gid}")
+        grp = _group(gid, width, ps, born)
         self._log(gid, (gid, *ps))
         self._groups[gid] = grp
+        self._widths[gid] = width
         self._succs[gid] = []
         for p in ps:
             self._succs[p].append(gid)
@@ -612,19 +679,20 @@ class NetworkGraph:
     def _set_preds(self, node: int, preds: Iterable[int]) -> None:
         ps = tuple(preds)
         if node == OUTPUT:
-            self._output = NeuronGroup(OUTPUT, self.n_classes, ps)
+            self._output = _group(OUTPUT, self.n_classes, ps, 0)
             self._invalidate()
             return
-        old = self.group(node)
+        groups, succs = self._groups, self._succs
+        old = groups.get(node) or self.group(node)  # (raises for an unknown node)
         self._check_exist(ps)
-        self._log(node, (*old.preds, *ps))
         if self._batch is not None:
+            self._log(node, (*old.preds, *ps))
             self._batch.dropped += [(p, node) for p in old.preds if p not in ps]
         for p in old.preds:
-            self._succs[p].remove(node)
+            succs[p].remove(node)
         for p in ps:
-            self._succs[p].append(node)
-        self._groups[node] = NeuronGroup(node, old.width, ps, old.born)
+            succs[p].append(node)
+        groups[node] = _group(node, old.width, ps, old.born)
         self._changed(node)
 
     def _remove_group(self, gid: int) -> None:
@@ -637,12 +705,14 @@ class NetworkGraph:
         for p in grp.preds:
             self._succs[p].remove(gid)
         del self._groups[gid]
+        del self._widths[gid]
         del self._succs[gid]
         self._changed(gid)
 
     def _check_exist(self, preds: tuple[int, ...]) -> None:
+        groups = self._groups
         for p in preds:
-            if p != INPUT and p not in self._groups:
+            if p not in groups and p != INPUT:
                 raise UnknownGroupError(f"no group with id {p} in the graph")
 
     def _log(self, gid: int, succ_lists: Iterable[int]) -> None:
@@ -653,10 +723,11 @@ class NetworkGraph:
             return
         if gid not in b.groups:
             b.groups[gid] = self._groups.get(gid)
+        saved, succs = b.succs, self._succs
         for n in succ_lists:
-            if n not in b.succs:
-                lst = self._succs.get(n)
-                b.succs[n] = None if lst is None else list(lst)
+            if n not in saved:
+                lst = succs.get(n)
+                saved[n] = None if lst is None else lst.copy()
 
     def _rewire_output(self) -> list[int]:
         """Make the output read exactly the sinks: keep the survivors' order, append new ones.
@@ -673,7 +744,7 @@ class NetworkGraph:
 
     def _changed(self, gid: int) -> None:
         self._dirty.add(gid)
-        self._invalidate()
+        self._topo = self._depth = None  # _invalidate, inlined: called for every change
 
     def _invalidate(self) -> None:
         self._topo = None
@@ -683,11 +754,12 @@ class NetworkGraph:
         """An independent copy (groups are immutable, so this is cheap); no open batch."""
         new = NetworkGraph(self.n_inputs, self.n_classes, max_groups=self._max_groups)
         new._groups = dict(self._groups)
+        new._widths = dict(self._widths)
         new._succs = {k: list(v) for k, v in self._succs.items()}
         new._output = self._output
         new._next_id = self._next_id
-        new._topo = self._topo  # caches are replaced, never changed in place: share them
-        new._depth = self._depth
+        new._topo = self._topo  # replaced, never changed in place: share it
+        new._depth = None if self._depth is None else dict(self._depth)  # a batch changes it
         return new
 
     # ------------------------------------------------------------------ serialization
@@ -712,6 +784,7 @@ class NetworkGraph:
                     int(gid), _check_width(int(width), where=f"group {gid}"),
                     tuple(int(p) for p in preds), int(born),
                 )
+                g._widths[int(gid)] = g._groups[int(gid)].width
                 g._succs[int(gid)] = []
             for grp in g._groups.values():
                 for p in grp.preds:
@@ -744,6 +817,15 @@ class NetworkGraph:
         )
 
 
+def _group(gid: int, width: int, preds: tuple[int, ...], born: int) -> NeuronGroup:
+    """``NeuronGroup(gid, width, preds, born)``, the same object, for the mutation primitives:
+    the generated frozen ``__init__`` sets each field through ``object.__setattr__``, which
+    costs three times as much."""
+    grp = object.__new__(NeuronGroup)
+    grp.__dict__.update(id=gid, width=width, preds=preds, born=born)
+    return grp
+
+
 def _check_width(width: object, *, where: str) -> int:
     if not isinstance(width, numbers.Integral) or isinstance(width, bool):
         raise ConfigError(f"{where}: width must be an integer, got {width!r}")
@@ -758,6 +840,8 @@ class _Batch:
 
     Attributes:
         output, next_id, topo, depth: the output record, next id and caches at ``_begin``.
+        depth_changed: whether ``_validate_batch``'s repair has changed ``depth`` in place
+            (a rollback then drops the depth cache instead of restoring it).
         groups: every id whose record changed, with the record at ``_begin`` (``None``: the
             batch created it).
         succs: every node whose successor list changed, with a copy of that list at
@@ -771,6 +855,7 @@ class _Batch:
     next_id: int
     topo: list[int] | None
     depth: dict[int, int] | None
+    depth_changed: bool = False
     groups: dict[int, NeuronGroup | None] = field(default_factory=dict)
     succs: dict[int, list[int] | None] = field(default_factory=dict)
     dropped: list[tuple[int, int]] = field(default_factory=list)
@@ -787,8 +872,9 @@ class _Columns:
     the garbage and the cost of rebuilding stay proportional to what changed.
 
     ``depth`` mirrors one depth map, ``depth_of``: a map the graph computed from scratch
-    is copied whole; one the batch check repaired from the mirrored one, only where the
-    repair set it (:meth:`depths_moved`).
+    is copied whole; when the batch check repairs the mirrored map (in place), only where
+    the repair set it (:meth:`depths_moved`). A map a repair changed without telling (one
+    that gave up, or was rolled back) is never the graph's map again, so it is copied whole.
     """
 
     def __init__(self, groups: dict[int, NeuronGroup], next_id: int) -> None:
@@ -836,7 +922,8 @@ class _Columns:
 
     def depths_moved(self, old: dict[int, int] | None, new: dict[int, int],
                      changed: list[int]) -> None:
-        """The graph's depth map went from ``old`` to ``new``, which differ at ``changed``."""
+        """The graph's depth map went from ``old`` to ``new`` (the same map, repaired in
+        place), which differ at ``changed``."""
         if old is not None and self.depth_of is old:
             self.depth_of = new
             self.depth_stale += changed

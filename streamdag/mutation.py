@@ -284,7 +284,9 @@ def _duplicate_depth(graph: NetworkGraph, params: ParamStore, g: int, step: int)
     succs = _succ_nodes(graph, g)
     new = graph._add_group(w, (g,), born=step)
     for s in succs:
-        graph._set_preds(s, [new if p == g else p for p in graph.preds(s)])
+        preds = graph.preds(s)
+        k = preds.index(g)  # g is listed once: slicing, not a loop over the output's hundreds
+        graph._set_preds(s, (*preds[:k], new, *preds[k + 1 :]))
     params.allocate(new, w, w)
     params.set_identity(new)
     return new
@@ -298,24 +300,20 @@ def _duplicate_width(
     succs = _succ_nodes(graph, g)
     new = graph._add_group(grp.width, grp.preds, born=step)
     src = params.slot(g)
-    params.allocate(new, src.rows, src.cols)
-    params.copy_columns(new, 0, src, 0, src.cols, src=g)
-    params.copy_bias(new, src, src=g)
+    params.allocate_from(new, src.cols, src, ((0, 0, src.cols, 1.0),), src=g)
     if noise > 0:
         assert rng is not None
         params.add_noise(new, rng.standard_normal((src.rows, src.cols)), noise)
+    wg = grp.width
     for s in succs:
         old_preds = graph.preds(s)
         k = old_preds.index(g)
-        c, wg = sum(map(graph.width, old_preds[:k])), grp.width  # g's columns in W_s
-        graph._set_preds(s, [*old_preds[: k + 1], new, *old_preds[k + 1 :]])
+        c = graph._width_sum(old_preds[:k])  # g's columns in W_s start here
+        graph._set_preds(s, (*old_preds[: k + 1], new, *old_preds[k + 1 :]))
         old = params.slot(s)
-        params.allocate(s, old.rows, old.cols + grp.width)
-        params.copy_columns(s, 0, old, 0, c, src=s)  # each range once; empty ones record nothing
-        params.copy_columns(s, c, old, c, wg, scale=0.5, src=s)
-        params.copy_columns(s, c + wg, old, c, wg, scale=0.5, src=s)
-        params.copy_columns(s, c + 2 * wg, old, c + wg, old.cols - c - wg, src=s)
-        params.copy_bias(s, old, src=s)
+        params.allocate_from(s, old.cols + wg, old, (  # empty runs record nothing
+            (0, 0, c, 1.0), (c, c, wg, 0.5), (c + wg, c, wg, 0.5),
+            (c + 2 * wg, c + wg, old.cols - c - wg, 1.0)), src=s)
     return new
 
 
@@ -329,7 +327,6 @@ def _set_preds_keeping_columns(
     old_offs = graph.column_offsets(node)
     old = params.slot(node)
     graph._set_preds(node, preds)
-    params.allocate(node, old.rows, graph.fan_in(node))
     runs: list[list[int]] = []  # [column, old column, columns] of blocks still side by side
     col = 0
     for p in preds:
@@ -341,9 +338,7 @@ def _set_preds_keeping_columns(
             else:
                 runs.append([col, old_offs[p], wp])
         col += wp
-    for dst_col, src_col, ncols in runs:
-        params.copy_columns(node, dst_col, old, src_col, ncols, src=node)
-    params.copy_bias(node, old, src=node)
+    params.allocate_from(node, col, old, [(d, c, n, 1.0) for d, c, n in runs], src=node)
 
 
 def _prune(graph: NetworkGraph, params: ParamStore, g: int) -> None:

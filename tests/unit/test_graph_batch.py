@@ -39,6 +39,7 @@ def fresh(g: NetworkGraph) -> NetworkGraph:
 
 def assert_caches_fresh(g: NetworkGraph) -> None:
     f = fresh(g)
+    assert g._widths == f._widths  # the mirror of the groups' widths, too
     assert g.depths() == f.depths()
     assert g.levels() == f.levels()
     a, b = g.level_arrays(), f.level_arrays()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 from helpers_network import DagSpec, assert_params_identical, random_params
 
 from streamdag.errors import CheckpointError, InvariantError, UnknownGroupError
 from streamdag.graph import INPUT, OUTPUT, NetworkGraph
-from streamdag.params import ParamStore
+from streamdag.params import ParamOp, ParamStore, Slot, _op
 
 CHAIN = NetworkGraph.chain(n_inputs=4, n_classes=3, widths=[8, 5])
 
@@ -203,3 +206,63 @@ def test_offsets_follow_every_slot_change() -> None:
         p.offsets(np.array([0, 2]))
     with pytest.raises(UnknownGroupError):
         p.offsets(np.array([10**6]))
+
+
+def test_the_fast_op_constructor_builds_what_the_dataclass_builds() -> None:
+    fields = [(f.name, f.default) for f in dataclasses.fields(ParamOp)]
+    params = [(n, pr.default) for n, pr in inspect.signature(_op).parameters.items()]
+    assert params[:2] == [("kind", inspect.Parameter.empty), ("dst", inspect.Parameter.empty)]
+    assert params[2:] == fields[2:]  # same names, order and defaults
+    s = Slot(1, 2, 3, 4)
+    kw = {"src": 5, "rows": 3, "cols": 4, "dst_col": 1, "src_col": 2, "ncols": 3,
+          "scale": 0.5, "values": (np.ones(2),), "slot": s, "src_slot": s}
+    made, want = _op("copy_cols", 7, **kw), ParamOp("copy_cols", 7, **kw)
+    assert made == want and repr(made) == repr(want) and vars(made) == vars(want)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.dst = 8  # type: ignore[misc]
+
+
+def test_allocate_from_does_what_allocate_and_the_copies_do() -> None:
+    runs = [(0, 0, 3, 1.0), (3, 3, 2, 0.5), (5, 3, 2, 0.5), (7, 5, 0, 1.0)]  # last one empty
+    stores = []
+    for fused in (False, True):
+        p = ParamStore(dtype=np.float32)
+        src = p.allocate(0, 4, 5)
+        for a in p.arenas().values():
+            a[:] = np.random.default_rng(0).standard_normal(a.size)  # garbage past the top too
+        p.begin()
+        if fused:
+            p.allocate_from(1, 7, src, runs, src=0)
+            p.allocate_from(2, 9, src, runs, src=0)  # two columns not covered: zeroed
+        else:
+            for node, cols in ((1, 7), (2, 9)):
+                p.allocate(node, 4, cols)
+                for d, c, n, scale in runs:
+                    p.copy_columns(node, d, src, c, n, scale=scale, src=0)
+                p.copy_bias(node, src, src=0)
+        stores.append((p, p.commit()))
+    (a, ops_a), (b, ops_b) = stores
+    assert ops_a == ops_b
+    assert [op.kind for op in ops_b] == ["alloc", "copy_cols", "copy_cols", "copy_cols",
+                                         "copy_bias"] * 2
+    for x, y in zip(a.arenas().values(), b.arenas().values(), strict=True):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_rollback_restores_released_slots_in_place_and_their_offsets() -> None:
+    p = ParamStore()
+    for node in (OUTPUT, 0, 1, 2):
+        p.allocate(node, 2, 3)
+    p.offsets(np.array([0]))  # builds the offset table, which the batch then changes
+    table = list(p._slots.items())
+    p.begin()
+    p.release(1)
+    p.allocate(0, 2, 4)
+    p.allocate(5, 1, 1)
+    p.rollback()
+    assert list(p._slots.items()) == table  # the same slots, in the same order
+    w, b = p.offsets(np.array([OUTPUT, 0, 1, 2]))
+    assert w.tolist() == [s.w_off for _, s in table]
+    assert b.tolist() == [s.b_off for _, s in table]
+    with pytest.raises(UnknownGroupError):
+        p.offsets(np.array([5]))
