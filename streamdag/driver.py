@@ -200,15 +200,32 @@ class Gpu:
     def upload_range(self, dst: Handle, offset: int, array: np.ndarray, *,
                      stream: Handle | None = None) -> None:
         """Copy ``array`` into ``dst`` at byte ``offset``; returns when the copy is done."""
-        src = np.ascontiguousarray(array)
-        if src.nbytes == 0:
+        self.upload_many([(dst, offset, array)], stream=stream)
+
+    def upload_many(self, items: Sequence[tuple[Handle, int, np.ndarray]], *,
+                    stream: Handle | None = None) -> None:
+        """Copy each ``(dst, offset, array)``; returns when every copy is done.
+
+        The arrays are staged side by side in the pinned buffer and copied in stream
+        order with a single wait at the end: one synchronisation instead of one per array
+        (each costs tens of µs, and a mutation uploads a dozen tables).
+        """
+        todo = [(dst, off, src) for dst, off, a in items
+                if (src := np.ascontiguousarray(a)).nbytes]
+        # range errors are raised before anything is copied
+        targets = [self._view(dst, off, src.nbytes) for dst, off, src in todo]
+        starts, top = [], 0
+        for _, _, src in todo:
+            starts.append(top)
+            top += -(-src.nbytes // 16) * 16  # 16-byte aligned runs
+        if not todo:
             return
-        target = self._view(dst, offset, src.nbytes)
         s = stream or self._default
         with self._lock:
-            pinned, view = self._stage(src.nbytes)
-            view[: src.nbytes] = src.reshape(-1).view(np.uint8)
-            target.copy_from(self._view(pinned, 0, src.nbytes), stream=s)
+            pinned, view = self._stage(top)
+            for target, (_, _, src), at in zip(targets, todo, starts, strict=True):
+                view[at : at + src.nbytes] = src.reshape(-1).view(np.uint8)
+                target.copy_from(self._view(pinned, at, src.nbytes), stream=s)
             s.sync()
 
     def download_range(self, src: Handle, offset: int, out: np.ndarray, *,

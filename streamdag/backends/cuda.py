@@ -211,7 +211,10 @@ class CudaBackend(Backend):
         self._act_capacity = 0       # floats in each activation arena
         self._batch_capacity = 0
         self._hyper: tuple[float, float, float] | None = None
-        self._batch_key: tuple[np.ndarray, np.ndarray] | None = None
+        # the last training batch uploaded, with the buffers holding it, and the structure
+        # version its input columns were last scattered for
+        self._batch_key: tuple[np.ndarray, np.ndarray, tuple[Any, Any]] | None = None
+        self._scattered = -1
         self._generation = 0
         self._params: ParamStore | None = None
         self._configs: dict[tuple[Any, ...], Any] = {}
@@ -320,23 +323,26 @@ class CudaBackend(Backend):
             raise DataError(f"expected {batch} labels, got shape {y.shape}")
         self._ensure_batch(batch)
         self._last_batch = batch
-        key = self._batch_key
-        if y is None or key is None or not (key[0].shape == x.shape and np.array_equal(key[0], x)
-                                            and np.array_equal(key[1], y)):
+        key, held = self._batch_key, (self._bufs["x"], self._bufs["labels"])
+        if y is None or key is None or not (
+                key[2][0] is held[0] and key[2][1] is held[1] and key[0].shape == x.shape
+                and np.array_equal(key[0], x) and np.array_equal(key[1], y)):
             self._upload_batch(np.ascontiguousarray(x, dtype=np.float32), y)
-            self._batch_key = None if y is None else (x.copy(), y.copy())
+            self._batch_key = None if y is None else (x.copy(), y.copy(), held)
+        elif self._scattered != self._structure:  # same batch, on the device already
+            self._scatter_input(batch, graph.n_inputs)
         return batch
 
     def _rebuild(self, graph: NetworkGraph, params: ParamStore) -> None:
         self._tables = t = NetTables.build(graph, params)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds)
         self._structure += 1
-        for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles"):
-            self._put(name, getattr(t, name))
-        self._put("group_ids", t.group_ids.astype(np.int32))
+        self._put_many({name: getattr(t, name) for name in (
+            "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
+            "group_ids")})
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
-        self._batch_key = None  # the input columns move with the row stride
+        self._scattered = -1  # the input columns move with the row stride
         if self._batch_capacity:
             self._ensure_batch(self._batch_capacity)
 
@@ -393,11 +399,8 @@ class CudaBackend(Backend):
             else:
                 raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
         if recs:
-            table = np.array(recs, dtype=OP_DTYPE)
-            self._put("param_ops", table)
-            if staged:
-                self.gpu.upload_range(self._buf("staging", 4 * top), 0, np.concatenate(staged),
-                                      stream=self.stream)
+            self._put_many({"param_ops": np.array(recs, dtype=OP_DTYPE),
+                            **({"staging": np.concatenate(staged)} if staged else {})})
             self._launch(self._gk["sd_replay"], (1,), (256,), 0, self._b("param_ops"),
                          np.int32(len(recs)), *(self._b(k) for k in (
                              "weight", "weight_mom", "bias", "bias_mom")),
@@ -547,8 +550,8 @@ class CudaBackend(Backend):
             keep &= ~np.isin(ids, np.fromiter(self._ema_forget, np.int64))
             slot_map = np.where(keep, pos, -1).astype(np.int32)
             self._put("ema_map", slot_map)
-            new_ema = self._buf("ema_next", max(16 * n, 8), exact=True)
-            new_seen = self._buf("ema_seen_next", max(4 * n, 4), exact=True)
+            new_ema = self._buf("ema_next", max(16 * n, 8))  # the remap writes n entries
+            new_seen = self._buf("ema_seen_next", max(4 * n, 4))
             self._launch(self._gk["sd_ema_remap"], (max(1, math.ceil(n / 256)),), (256,), 0,
                          self._b("ema"), self._b("ema_seen"), self._b("ema_map"), np.int32(n),
                          new_ema, new_seen)
@@ -578,6 +581,7 @@ class CudaBackend(Backend):
             cap = max(need, int(self._act_capacity * 1.25))
             for name in ("act", "dh", "dz"):
                 self._buf(name, 4 * cap, exact=True)
+            self._scattered = -1
             self._act_capacity = cap
             bcap = max(batch, self._batch_capacity)
             self._buf("labels", 4 * bcap, exact=True)
@@ -597,14 +601,21 @@ class CudaBackend(Backend):
         assert t is not None
         batch, n_in = x.shape
         self.gpu.upload_range(self._b("x"), 0, x, stream=self.stream)
-        self._launch(self._k["sd_scatter_input"], (math.ceil(batch * n_in / 256),), (256,), 0,
-                     self._b("x"), self._b("act"), np.int32(batch), np.int32(n_in),
-                     np.int32(t.row_stride))
+        self._scatter_input(batch, n_in)
         if y is not None:
             if y.min(initial=0) < 0 or y.max(initial=0) >= int(t.nodes[-1][0]):
                 raise DataError(f"labels must be in [0, {int(t.nodes[-1][0])}), got "
                                 f"[{y.min()}, {y.max()}]")
             self.gpu.upload_range(self._b("labels"), 0, y.astype(np.int32), stream=self.stream)
+
+    def _scatter_input(self, batch: int, n_in: int) -> None:
+        """Copy the batch in ``x`` into the input columns of the activation rows."""
+        t = self._tables
+        assert t is not None
+        self._launch(self._k["sd_scatter_input"], (math.ceil(batch * n_in / 256),), (256,), 0,
+                     self._b("x"), self._b("act"), np.int32(batch), np.int32(n_in),
+                     np.int32(t.row_stride))
+        self._scattered = self._structure
 
     def _set_hyper(self, lr: float, momentum: float, weight_decay: float) -> None:
         h = (float(lr), float(momentum), float(weight_decay))
@@ -809,7 +820,9 @@ class CudaBackend(Backend):
         if old is not None:
             del self._bufs[name]
             old.close()
-        self._bufs[name] = buf = self._alloc(name, nbytes)
+        # a quarter spare where any size will do: the tables grow with every mutation batch,
+        # and a reallocation costs a synchronisation (and, below, the captured graph)
+        self._bufs[name] = buf = self._alloc(name, nbytes if exact else nbytes + nbytes // 4)
         self._graph_exe = None  # captured graphs and bound executors hold raw pointers
         self._executor = None
         return buf
@@ -825,6 +838,9 @@ class CudaBackend(Backend):
                 f"{self.gpu.memory_info()[0] / 2**20:.1f} MiB free)") from exc
 
     def _put(self, name: str, array: np.ndarray) -> None:
-        a = np.ascontiguousarray(array)
-        buf = self._buf(name, a.nbytes)
-        self.gpu.upload_range(buf, 0, a, stream=self.stream)
+        self._put_many({name: array})
+
+    def _put_many(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Upload each array into its buffer (grown as needed), with one wait for all."""
+        self.gpu.upload_many([(self._buf(name, a.nbytes), 0, a) for name, a in arrays.items()],
+                             stream=self.stream)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamdag.errors import KernelArgumentError, LaunchConfigError, SchedulerError
+from streamdag.errors import BackendError, KernelArgumentError, LaunchConfigError, SchedulerError
 from streamdag.scheduler import (
     Buf,
     Collector,
@@ -212,3 +212,23 @@ def test_device_limits_are_checked_before_anything_launches(gpu) -> None:
         tg2.launch("k", SAXPY, np.float32(1), Buf("x"), Buf("y"), np.uint32(1), grid=1,
                    block=32)
         CudaExecutor(make_plan(tg2), {"x": dev["x"]}, gpu=gpu)
+
+
+def test_upload_many_lands_every_range_or_none(gpu) -> None:
+    rng = np.random.default_rng(3)
+    bufs = [gpu.alloc(4 * n) for n in (37, 1, 1000)]
+    for b in bufs:
+        gpu.memset(b, 0)
+    parts = [rng.standard_normal(13).astype(np.float32), np.zeros(0, np.float32),
+             np.array([7], dtype=np.int32), rng.integers(0, 9, (20, 7)).astype(np.int32)]
+    gpu.upload_many([(bufs[0], 4 * 5, parts[0]), (bufs[1], 0, parts[1]), (bufs[1], 0, parts[2]),
+                     (bufs[2], 4 * 3, parts[3])])
+    got = [gpu.download_range(b, 0, np.empty(b.size // 4, np.float32)) for b in bufs]
+    assert np.array_equal(got[0][5:18], parts[0]) and not got[0][18:].any()
+    assert np.array_equal(got[1].view(np.int32), parts[2])
+    assert np.array_equal(got[2].view(np.int32)[3:143], parts[3].ravel())
+    # a range past a buffer's end is refused before anything is copied
+    with pytest.raises(BackendError, match="outside a buffer"):
+        gpu.upload_many([(bufs[0], 0, np.ones(37, np.float32)), (bufs[1], 0, parts[0])])
+    assert np.array_equal(gpu.download_range(bufs[0], 0, np.empty(37, np.float32))[5:18],
+                          parts[0])
