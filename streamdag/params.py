@@ -10,8 +10,12 @@ the slot table as its index table.
 
 Allocation is a bump pointer; freeing leaves a hole. When an arena is full it grows
 geometrically (×2), compacting live slots when at least half of it is holes — so most
-mutations allocate nothing. A compaction moves slots: :attr:`ParamStore.layout_version`
-counts them so a mirror knows to re-sync.
+mutations allocate nothing. Inside a batch offsets must stay put, so a batch only grows;
+:meth:`ParamStore.begin` compacts first when the arena is three quarters used and half of
+that is holes, which keeps a network that grows for thousands of batches within about 2×
+its live size. :attr:`ParamStore.layout_version` counts layout changes; a compaction moves
+slots, and :meth:`ParamStore.moves_since` tells a device mirror where each one went, so the
+mirror moves its own (newer) values instead of re-uploading the host's.
 
 Mutations never write into a live slot: a group whose weights change (a successor of a
 width-duplicated group gets more columns) gets a *fresh* slot, and the old one is freed when
@@ -25,6 +29,7 @@ the batch without the parameters leaving the device.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +42,7 @@ from .graph import INPUT, OUTPUT, NetworkGraph, node_name
 __all__ = ["ParamOp", "ParamStore", "Slot"]
 
 _MIN_CAPACITY = 1024
+_MOVES_KEPT = 8  # compactions remembered for a mirror that has not followed them yet
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,12 @@ class ParamStore:
         #: the layout_version of the last compaction (the last time slots moved); versions
         #: after it only grew arenas, which a mirror can follow without the host's values
         self.moved_version = 0
+        # weights and bias rows in live slots (a slot replaced in a batch counts as freed)
+        self._live_w = 0
+        self._live_b = 0
+        # the last compactions, (layout_version after, moves), and the newest one forgotten
+        self._moves: deque[tuple[int, np.ndarray]] = deque(maxlen=_MOVES_KEPT)
+        self._moves_forgotten = 0
         self._txn: _Txn | None = None
 
     # ------------------------------------------------------------------ construction
@@ -285,6 +297,9 @@ class ParamStore:
         w_off, b_off = self._w_top, self._b_top
         slot = Slot(w_off, b_off, rows, cols)
         self._save(node)
+        old = self._slots.get(node)
+        self._live_w += w_size - (old.w_size if old is not None else 0)
+        self._live_b += rows - (old.rows if old is not None else 0)
         if zero:
             self._w[w_off : w_off + w_size] = 0
             self._vw[w_off : w_off + w_size] = 0
@@ -343,7 +358,9 @@ class ParamStore:
         txn = self._txn
         if txn is not None and txn.order is None:
             txn.order = list(self._slots)
-        del self._slots[node]
+        old = self._slots.pop(node)
+        self._live_w -= old.w_size
+        self._live_b -= old.rows
         self._set_offsets(node, None)
         self._record(_op("free", node))
 
@@ -419,9 +436,17 @@ class ParamStore:
 
     # ------------------------------------------------------------------ transactions
     def begin(self) -> None:
-        """Start a batch: until :meth:`commit` or :meth:`rollback`, no memory is reused."""
+        """Start a batch: until :meth:`commit` or :meth:`rollback`, no memory is reused.
+
+        Compacts first (capacity kept) when an arena is three quarters used and at least
+        half of what is used is holes: a batch cannot reclaim holes, so without this an
+        arena that only ever sees batches would grow without bound.
+        """
         if self._txn is not None:
             raise RuntimeError("a parameter batch is already open")
+        if ((4 * self._w_top > 3 * self._w.size and 2 * self._live_w <= self._w_top)
+                or (4 * self._b_top > 3 * self._b.size and 2 * self._live_b <= self._b_top)):
+            self._compact(self._w.size, self._b.size)
         self._txn = _Txn(self._w_top, self._b_top, self.layout_version)
 
     def commit(self) -> list[ParamOp]:
@@ -442,7 +467,20 @@ class ParamStore:
         if txn.order is not None:  # a released slot came back: restore the table's order too
             self._slots = {n: self._slots[n] for n in txn.order if n in self._slots}
         self._w_top, self._b_top = txn.w_top, txn.b_top
+        self._live_w = sum(s.w_size for s in self._slots.values())
+        self._live_b = sum(s.rows for s in self._slots.values())
         self._txn = None
+
+    def moves_since(self, version: int) -> list[np.ndarray] | None:
+        """Where the slots went in every compaction after layout ``version``, oldest first.
+
+        Each is an int64 ``(n, 6)`` array, a row per live slot: old weight offset, new weight
+        offset, weight size, old bias offset, new bias offset, bias size. ``None`` when one
+        of those compactions is no longer remembered (the last 8 are).
+        """
+        if self._moves_forgotten > version:
+            return None
+        return [moves for v, moves in self._moves if v > version]
 
     def _require_txn(self) -> _Txn:
         if self._txn is None:
@@ -487,8 +525,11 @@ class ParamStore:
         w, vw = np.zeros(w_cap, self.dtype), np.zeros(w_cap, self.dtype)
         b, vb = np.zeros(b_cap, self.dtype), np.zeros(b_cap, self.dtype)
         wt = bt = 0
-        for node in sorted(self._slots, key=lambda n: self._slots[n].w_off):
+        order = sorted(self._slots, key=lambda n: self._slots[n].w_off)
+        moves = np.empty((len(order), 6), np.int64)
+        for i, node in enumerate(order):
             s = self._slots[node]
+            moves[i] = (s.w_off, wt, s.w_size, s.b_off, bt, s.rows)
             w[wt : wt + s.w_size] = self._w[s.w_off : s.w_off + s.w_size]
             vw[wt : wt + s.w_size] = self._vw[s.w_off : s.w_off + s.w_size]
             b[bt : bt + s.rows] = self._b[s.b_off : s.b_off + s.rows]
@@ -498,9 +539,13 @@ class ParamStore:
             bt += s.rows
         self._w, self._vw, self._b, self._vb = w, vw, b, vb
         self._w_top, self._b_top = wt, bt
+        self._live_w, self._live_b = wt, bt
         self._offs = None
         self.layout_version += 1
         self.moved_version = self.layout_version
+        if len(self._moves) == self._moves.maxlen:
+            self._moves_forgotten = self._moves[0][0]
+        self._moves.append((self.layout_version, moves))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -562,6 +607,7 @@ class ParamStore:
         new._w, new._vw, new._b, new._vb = (a.copy() for a in (self._w, self._vw, self._b,
                                                                 self._vb))
         new._slots = dict(self._slots)
+        new._moves = deque(self._moves, maxlen=_MOVES_KEPT)
         new._offs = None
         new._txn = None
         return new

@@ -42,9 +42,11 @@ Kernels and their reference functions are listed in ``kernels/network.cu``.
 Growing. A mutation batch is applied to the host store without downloading it first: the
 backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
 (``kernels/growth.cu``: zeroed slots, strided column copies, identities, relative noise),
-growing an arena in place when the host's grew, so parameters and momenta of surviving
-groups never leave the device; only host-made values (noise draws) go up, in one upload.
-Then the tables are rebuilt on the host. The host store's values are stale until
+growing an arena when the host's grew and moving slots as the host's compaction moved them
+(``sd_move_slots``; a batch begins with one when the arena is mostly holes), so parameters
+and momenta of surviving groups never leave the device; only host-made values (noise
+draws) go up, with the op table, in one staged copy. Then the tables are rebuilt on the
+host and go up the same way. The host store's values are stale until
 :meth:`CudaBackend.sync_params` (evaluation, checkpoints); its slot layout is always current.
 
 Growth scores. Attached to a :class:`~streamdag.growth.GrowthPolicy` (it is a
@@ -61,7 +63,7 @@ synchronises; a benchmark that never reads them measures the step alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -195,7 +197,8 @@ class CudaBackend(Backend):
             "sd_gather_output")}
         growth = kernels.load("growth.cu", self.gpu)
         self._gk = {n: self.gpu.kernel(growth, n) for n in (
-            "sd_copy2d", "sd_replay", "sd_ema_update", "sd_ema_remap", "sd_ema_select")}
+            "sd_copy2d", "sd_move_slots", "sd_replay", "sd_ema_update", "sd_ema_remap",
+            "sd_ema_select")}
         self._n_sms = self.gpu.multiprocessors
         self._rows_per_block = rows_per_block
         self._dataflow = dataflow
@@ -306,7 +309,7 @@ class CudaBackend(Backend):
         if params.dtype != np.dtype(np.float32):
             raise ConfigError(f"the cuda backend trains float32 parameters, got {params.dtype}")
         if self._tables is None or self._params is not params or self._graph_n != (
-                graph.next_id, len(graph), graph.output.preds):
+                graph.next_id, len(graph), graph.output.preds, params.moved_version):
             self._rebuild(graph, params)
         if self._layout != (id(params), params.layout_version):
             if self._params is params and self._device_newer and self._layout is not None:
@@ -335,7 +338,9 @@ class CudaBackend(Backend):
 
     def _rebuild(self, graph: NetworkGraph, params: ParamStore) -> None:
         self._tables = t = NetTables.build(graph, params)
-        self._graph_n = (graph.next_id, len(graph), graph.output.preds)
+        # what a step compares to know the tables still hold: the structure, and the slots
+        # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
+        self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
         self._structure += 1
         self._put_many({name: getattr(t, name) for name in (
             "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
@@ -421,19 +426,37 @@ class CudaBackend(Backend):
         self._wt_stale = False
 
     def _follow_growth(self, params: ParamStore, mirrored: int) -> None:
-        """The host arenas grew outside a replayed batch (a refused batch grows them too):
-        grow the device's, keeping its values. Moved slots cannot be followed."""
+        """Follow what the host store's layout did since version ``mirrored`` without its
+        values: move the device's slots as each compaction moved the host's (a batch
+        begins with one when the arena is mostly holes), then grow arenas that grew (a
+        refused batch grows them too)."""
         if params.moved_version > mirrored:
-            raise BackendError(
-                "the parameter store was compacted while the GPU holds newer values; call "
-                "sync_params(params) before changing the store outside a mutation batch")
+            compactions = params.moves_since(mirrored)
+            if compactions is None:
+                raise BackendError(
+                    "the parameter store was compacted more often than it remembers since "
+                    "the GPU last followed it; call sync_params(params) before changing the "
+                    "store outside a mutation batch")
+            for moves in compactions:
+                self._put("moves", moves)
+                for kind, arr in params.arenas().items():
+                    col = 0 if kind.startswith("weight") else 3  # weight or bias ranges
+
+                    def move(new: Any, old: Any, n: int = len(moves), col: int = col) -> None:
+                        self._launch(self._gk["sd_move_slots"], (self._blocks(256 * n),),
+                                     (256,), 0, self._b("moves"), np.int32(n), np.int32(col),
+                                     new, old)
+
+                    self._replace_arena(kind, max(arr.nbytes, self._b(kind).size), move)
         for kind, arr in params.arenas().items():
             if self._b(kind).size < arr.nbytes:
-                self._grow_arena(kind, arr.nbytes)
+                self._replace_arena(kind, arr.nbytes, lambda new, old: self._copy2d(
+                    new, old, 0, 0, 0, 0, 1, old.size // 4))
         self._layout = (id(params), params.layout_version)
 
-    def _grow_arena(self, kind: str, nbytes: int) -> None:
-        """A bigger device arena holding the old one's values (zeros after them)."""
+    def _replace_arena(self, kind: str, nbytes: int, fill: Callable[[Any, Any], None]) -> None:
+        """A new device arena of ``nbytes``, zeroed, then ``fill(new, old)``; the old one is
+        freed. On allocation failure the old arena stays."""
         old = self._bufs.pop(kind)
         try:
             new = self._alloc(kind, nbytes)
@@ -441,7 +464,7 @@ class CudaBackend(Backend):
             self._bufs[kind] = old
             raise
         self.gpu.memset(new, 0, stream=self.stream)
-        self._copy2d(new, old, 0, 0, 0, 0, 1, old.size // 4)
+        fill(new, old)
         self.stream.sync()
         old.close()
         self._bufs[kind] = new

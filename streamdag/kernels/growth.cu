@@ -14,6 +14,10 @@
 //                    rounded to float like numpy's float32 product.  (ParamStore methods)
 //      sd_copy2d     [1-D grid-stride, block 256]  dst[r, c] (+)= scale * src[r, c], strided:
 //                    the arena copy when an arena grows.
+//      sd_move_slots [1-D, block 256]  a compaction of the host store (ParamStore.moves_since)
+//                    followed on the device: every live slot copied to its new offset in a
+//                    fresh arena (out of place: in place, a slot could overwrite another's
+//                    source before it is read).
 //
 // 2. Growth scores (GradStdCriterion / ActMeanCriterion, streamdag/growth.py). Per stats slot
 //    (groups in ascending id order, as NetTables.group_ids), ema[2 * slot] is the EMA of
@@ -36,6 +40,18 @@ extern "C" __global__ void sd_copy2d(float* dst, const float* src, int dst_off, 
     const float v = __fmul_rn(src[src_off + (long long)r * src_stride + c], scale);
     float* d = dst + dst_off + (long long)r * dst_stride + c;
     *d = accumulate ? __fadd_rn(*d, v) : v;
+  }
+}
+
+// moves: int64 rows (old weight offset, new, size, old bias offset, new, size), one per slot;
+// col 0 moves the weight ranges, col 3 the bias ranges. A block per slot (grid-stride).
+extern "C" __global__ void sd_move_slots(const long long* __restrict__ moves, int n_moves,
+                                         int col, float* __restrict__ dst,
+                                         const float* __restrict__ src) {
+  for (int m = blockIdx.x; m < n_moves; m += gridDim.x) {
+    const long long from = moves[6LL * m + col], to = moves[6LL * m + col + 1];
+    const long long size = moves[6LL * m + col + 2];
+    for (long long i = threadIdx.x; i < size; i += blockDim.x) dst[to + i] = src[from + i];
   }
 }
 

@@ -176,17 +176,21 @@ def test_outgrowing_device_memory_is_a_typed_error_naming_sizes() -> None:
         CudaBackend().step(graph, params, x, np.zeros(65536, np.int64), lr=0.1)
 
 
+def small_growing_setup(seed: int, n: int, *, wmax: int) -> tuple[Any, ...]:
+    """A random DAG of ``n`` groups, its parameters, a CudaBackend and a batch of 32."""
+    from streamdag.backends.cuda import CudaBackend
+
+    rng = np.random.default_rng(seed)
+    graph = random_dag(rng, n, wmax=wmax)
+    params = ParamStore.initialize(graph, rng)
+    x = rng.standard_normal((32, graph.n_inputs)).astype(np.float32)
+    return graph, params, CudaBackend(), x, rng.integers(0, graph.n_classes, 32)
+
+
 def test_replay_ignores_host_values_and_grows_arenas() -> None:
     """A batch applied to a host store full of NaN, replayed on the device, gives what the
     same batch gives applied on the host to the synced values (also when an arena grows)."""
-    from streamdag.backends.cuda import CudaBackend
-
-    rng = np.random.default_rng(7)
-    graph = random_dag(rng, 10, wmax=32)
-    params = ParamStore.initialize(graph, rng)
-    gpu = CudaBackend()
-    x = rng.standard_normal((32, graph.n_inputs)).astype(np.float32)
-    y = rng.integers(0, graph.n_classes, 32)
+    graph, params, gpu, x, y = small_growing_setup(7, 10, wmax=32)
     grew = 0
     for batch in range(6):
         for _ in range(2):
@@ -226,6 +230,56 @@ def test_replay_ignores_host_values_and_grows_arenas() -> None:
         assert np.array_equal(params.weight_momentum(node), before.weight_momentum(node))
         assert np.array_equal(params.weight(node), before.weight(node))
     gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+
+
+def test_device_follows_compactions_with_its_own_values() -> None:
+    """Batch after batch the arena fills with holes, and a batch (applied or refused) then
+    begins with a compaction: the device moves its own values as the host moved its slots
+    (the host's values are NaN), and the step after it reads the moved slots."""
+    graph, params, gpu, x, y = small_growing_setup(11, 12, wmax=16)
+    moved = {"applied": 0, "refused": 0}
+
+    def check(want: ParamStore, what: str) -> None:
+        gpu.sync_params(params)
+        for node in want.nodes():
+            for kind in ("weight", "bias", "weight_momentum", "bias_momentum"):
+                assert_close(f"{kind} of node {node} after {what}", getattr(params, kind)(node),
+                             getattr(want, kind)(node), rtol=1e-6, atol=1e-7)
+
+    for batch in range(30):
+        gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+        gpu.sync_params(params)
+        pick = np.random.default_rng(100 + batch).choice(graph.group_ids(), 2, replace=False)
+        muts: list[Mutation] = [DuplicateWidth(int(g)) for g in pick]
+        if batch % 3 == 0:
+            before, version = params.copy(), params.moved_version
+            for arr in params.arenas().values():
+                arr[:] = np.nan
+            with pytest.raises(StreamDagError):
+                apply_mutations(graph, params, [*muts, DuplicateDepth(10**6)], step=batch)
+            moved["refused"] += params.moved_version != version
+            check(before, f"refused batch {batch}")
+            gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)  # on the moved slots
+            gpu.sync_params(params)
+        g_truth, truth = graph.copy(), params.copy()
+        apply_mutations(g_truth, truth, muts, step=batch, rng=np.random.default_rng(batch),
+                        noise=0.05)
+        for arr in params.arenas().values():
+            arr[:] = np.nan
+        version = params.moved_version
+        report = apply_mutations(graph, params, muts, step=batch,
+                                 rng=np.random.default_rng(batch), noise=0.05)
+        moved["applied"] += params.moved_version != version
+        gpu.on_mutation(graph, params, report)
+        check(truth, f"batch {batch}")
+    assert moved["applied"] and moved["refused"], f"compactions: {moved}: the test lost its point"
+    # the network trained on the moved slots equals one trained on host copies of them
+    ref = ReferenceBackend()
+    host = params.copy()
+    for _ in range(3):
+        want = ref.step(graph, host, x, y, lr=0.05, momentum=0.9).loss
+        got = gpu.step(graph, params, x, y, lr=0.05, momentum=0.9).loss
+        assert abs(got - want) <= 1e-4 * abs(want), (got, want)
 
 
 def test_device_scores_are_the_host_scores() -> None:

@@ -111,11 +111,11 @@ def test_no_compaction_inside_a_batch() -> None:
     p = ParamStore(dtype=np.float64)
     for n in range(4):
         p.allocate(n, 10, 25)
+    p.begin()
     for n in (0, 1, 2):
         p.release(n)
-    p.begin()
-    p.allocate(4, 10, 25)
-    assert p.slot(3).w_off == 750  # offsets stay put: grown, not compacted
+    p.allocate(4, 10, 25)  # no room, 3/4 holes
+    assert p.slot(3).w_off == 750 and p.slot(4).w_off == 1000  # grown, not compacted
     p.commit()
     with pytest.raises(RuntimeError, match="already open"):
         p.begin()
@@ -266,3 +266,32 @@ def test_rollback_restores_released_slots_in_place_and_their_offsets() -> None:
     assert b.tolist() == [s.b_off for _, s in table]
     with pytest.raises(UnknownGroupError):
         p.offsets(np.array([5]))
+
+
+def test_begin_compacts_a_mostly_empty_arena_and_tells_where_slots_went() -> None:
+    p = ParamStore(dtype=np.float64)
+    for n in range(4):
+        p.allocate(n, 10, 25)  # 1,000 of 1,024
+        p.weight(n)[...] = n
+        p.bias(n)[...] = -n
+    for n in (0, 1, 2):
+        p.release(n)
+    size, v0 = p.arenas()["weight"].size, p.layout_version
+    p.begin()  # 3/4 used, 3/4 of that holes: compact before the batch, capacity kept
+    assert p.arenas()["weight"].size == size and p.layout_version == p.moved_version == v0 + 1
+    assert p.slot(3).w_off == 0 and (p.weight(3) == 3).all() and (p.bias(3) == -3).all()
+    [moves] = p.moves_since(v0)
+    assert moves.tolist() == [[750, 0, 250, 30, 0, 10]]
+    assert p.moves_since(p.layout_version) == []
+    p.rollback()  # the compaction changed no value: it stays
+    assert p.slot(3).w_off == 0 and p.moves_since(v0) is not None
+    for _ in range(9):  # fill the arena and free it again, batch after batch
+        p.begin()
+        for n in (10, 11, 12):
+            p.allocate(n, 10, 25)
+        for n in (10, 11, 12):
+            p.release(n)
+        p.commit()
+    assert p.moved_version == v0 + 9 and p.arenas()["weight"].size == size
+    assert p.moves_since(v0) is None  # 9 compactions since: the first is forgotten
+    assert len(p.moves_since(v0 + 1) or []) == 8

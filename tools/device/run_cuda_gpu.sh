@@ -28,6 +28,17 @@ for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull")]:
     b.forget_scores([3, 5]); b.on_mutation(gg, pp, r)
     print(mode, bwd, b.step(gg, pp, x, y, lr=0.1).loss, b.predict(gg, pp, x).shape)
     print("scores", len(b.read_scores()[0]))
+# a compaction followed on the device (sd_move_slots): width duplications until a batch
+# begins with one
+gg, pp = g.copy(), p.copy(); b = CudaBackend(); b.step(gg, pp, x, y, lr=0.1)
+v = pp.moved_version
+for i in range(80):
+    if pp.moved_version != v: break
+    r = apply_mutations(gg, pp, [DuplicateWidth(int(rng.choice(gg.group_ids())))], rng=rng,
+                        noise=0.05)
+    b.on_mutation(gg, pp, r); b.step(gg, pp, x, y, lr=0.1)
+print("compaction followed:", pp.moved_version != v, "after", i, "batches; loss",
+      b.step(gg, pp, x, y, lr=0.1).loss)
 EOF_PY
 for tool in memcheck racecheck; do
   timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san.py > "$out/sanitizer_$tool.log" 2>&1
