@@ -439,35 +439,41 @@ class CudaBackend(Backend):
                     "store outside a mutation batch")
             for moves in compactions:
                 self._put("moves", moves)
-                for kind, arr in params.arenas().items():
-                    col = 0 if kind.startswith("weight") else 3  # weight or bias ranges
 
-                    def move(new: Any, old: Any, n: int = len(moves), col: int = col) -> None:
-                        self._launch(self._gk["sd_move_slots"], (self._blocks(256 * n),),
-                                     (256,), 0, self._b("moves"), np.int32(n), np.int32(col),
-                                     new, old)
+                def move(kind: str, new: Any, old: Any, n: int = len(moves)) -> None:
+                    col = 0 if kind.startswith("weight") else 3  # the weight or bias ranges
+                    self._launch(self._gk["sd_move_slots"], (self._blocks(256 * n),), (256,), 0,
+                                 self._b("moves"), np.int32(n), np.int32(col), new, old)
 
-                    self._replace_arena(kind, max(arr.nbytes, self._b(kind).size), move)
-        for kind, arr in params.arenas().items():
-            if self._b(kind).size < arr.nbytes:
-                self._replace_arena(kind, arr.nbytes, lambda new, old: self._copy2d(
-                    new, old, 0, 0, 0, 0, 1, old.size // 4))
+                self._replace_arenas({kind: max(arr.nbytes, self._b(kind).size)
+                                      for kind, arr in params.arenas().items()}, move)
+        grown = {kind: arr.nbytes for kind, arr in params.arenas().items()
+                 if self._b(kind).size < arr.nbytes}
+        if grown:
+            self._replace_arenas(grown, lambda kind, new, old: self._copy2d(
+                new, old, 0, 0, 0, 0, 1, old.size // 4))
         self._layout = (id(params), params.layout_version)
 
-    def _replace_arena(self, kind: str, nbytes: int, fill: Callable[[Any, Any], None]) -> None:
-        """A new device arena of ``nbytes``, zeroed, then ``fill(new, old)``; the old one is
-        freed. On allocation failure the old arena stays."""
-        old = self._bufs.pop(kind)
+    def _replace_arenas(self, sizes: Mapping[str, int],
+                        fill: Callable[[str, Any, Any], None]) -> None:
+        """New device arenas of ``sizes[kind]`` bytes, zeroed, each filled by
+        ``fill(kind, new, old)``; the old ones are freed. All are allocated before any is
+        filled: on allocation failure the device keeps its old arenas, all consistent."""
+        new: dict[str, Any] = {}
         try:
-            new = self._alloc(kind, nbytes)
+            for kind, nbytes in sizes.items():
+                new[kind] = self._alloc(kind, nbytes)
         except DeviceMemoryError:
-            self._bufs[kind] = old
+            for buf in new.values():
+                buf.close()
             raise
-        self.gpu.memset(new, 0, stream=self.stream)
-        fill(new, old)
+        for kind, buf in new.items():
+            self.gpu.memset(buf, 0, stream=self.stream)
+            fill(kind, buf, self._b(kind))
         self.stream.sync()
-        old.close()
-        self._bufs[kind] = new
+        for kind, buf in new.items():
+            self._bufs.pop(kind).close()
+            self._bufs[kind] = buf
         self._graph_exe = None
         self._executor = None
         self._wt_stale = True

@@ -282,6 +282,46 @@ def test_device_follows_compactions_with_its_own_values() -> None:
         assert abs(got - want) <= 1e-4 * abs(want), (got, want)
 
 
+def test_a_move_that_cannot_allocate_keeps_the_old_arenas_and_can_be_retried(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device follows a compaction by allocating every new arena before filling any:
+    when one allocation fails it still holds its old, consistent arenas, and the next try
+    follows the compaction with nothing lost."""
+    from streamdag.errors import DeviceMemoryError
+
+    graph, params, gpu, x, y = small_growing_setup(5, 8, wmax=16)
+    for node in params.nodes()[::2]:  # fresh slots, same values: the old ones become holes
+        w, b = params.weight(node).copy(), params.bias(node).copy()
+        params.allocate(node, *w.shape)
+        params.set_values(node, w, b)
+    gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)  # uploads this layout, then trains
+    gpu.sync_params(params)
+    want = params.copy()
+    arenas = params.arenas()
+    params._compact(arenas["weight"].size, arenas["bias"].size)  # moves slots, as begin() can
+    for arr in params.arenas().values():
+        arr[:] = np.nan  # the device must move its own values
+    real, calls = gpu._alloc, []
+
+    def failing(name: str, nbytes: int) -> Any:
+        calls.append(name)
+        if len(calls) == 3:
+            raise DeviceMemoryError(f"simulated: no room for {name!r}")
+        return real(name, nbytes)
+
+    monkeypatch.setattr(gpu, "_alloc", failing)
+    with pytest.raises(DeviceMemoryError, match="simulated"):
+        gpu.sync_params(params)
+    monkeypatch.setattr(gpu, "_alloc", real)
+    gpu.sync_params(params)
+    assert params.moved_version > want.moved_version
+    for node in want.nodes():
+        for kind in ("weight", "bias", "weight_momentum", "bias_momentum"):
+            got, ref = getattr(params, kind)(node), getattr(want, kind)(node)
+            assert np.array_equal(got, ref), (node, kind)
+    gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
+
+
 def test_device_scores_are_the_host_scores() -> None:
     """Growth with the scores kept on the device takes exactly the host's decisions."""
     from streamdag.backends.cuda import CudaBackend
