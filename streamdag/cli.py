@@ -26,6 +26,7 @@ import structlog
 
 from . import __version__
 from .errors import ConfigError, StreamDagError
+from .hostmem import retain_freed_memory
 from .train import TrainerCallback
 
 __all__ = ["main"]
@@ -273,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level, args.log_json)
+    retain_freed_memory()  # growing networks free and re-take host memory every batch
     try:
         return int(args.func(args))
     except StreamDagError as exc:

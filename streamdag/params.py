@@ -128,10 +128,10 @@ class ParamStore:
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"ParamStore dtype must be float32 or float64, got {self.dtype}")
         cap = max(int(capacity), _MIN_CAPACITY)
-        self._w = np.zeros(cap, self.dtype)
-        self._vw = np.zeros(cap, self.dtype)
-        self._b = np.zeros(max(cap // 8, 64), self.dtype)
-        self._vb = np.zeros_like(self._b)
+        self._w = _arena(cap, self.dtype)
+        self._vw = _arena(cap, self.dtype)
+        self._b = _arena(max(cap // 8, 64), self.dtype)
+        self._vb = _arena(self._b.size, self.dtype)
         self._slots: dict[int, Slot] = {}
         # (w_off, b_off) by node id + 2 (the output at 0), -1 where no slot: a vectorised
         # view of _slots for the kernel tables, rebuilt lazily when the slots move wholesale
@@ -513,7 +513,7 @@ class ParamStore:
 
     def _grow(self, w_cap: int, b_cap: int) -> None:
         def bigger(a: np.ndarray, cap: int) -> np.ndarray:
-            out = np.zeros(cap, self.dtype)
+            out = _arena(cap, self.dtype)
             out[: a.size] = a
             return out
 
@@ -522,8 +522,8 @@ class ParamStore:
         self.layout_version += 1
 
     def _compact(self, w_cap: int, b_cap: int) -> None:
-        w, vw = np.zeros(w_cap, self.dtype), np.zeros(w_cap, self.dtype)
-        b, vb = np.zeros(b_cap, self.dtype), np.zeros(b_cap, self.dtype)
+        w, vw = _arena(w_cap, self.dtype), _arena(w_cap, self.dtype)
+        b, vb = _arena(b_cap, self.dtype), _arena(b_cap, self.dtype)
         wt = bt = 0
         order = sorted(self._slots, key=lambda n: self._slots[n].w_off)
         moves = np.empty((len(order), 6), np.int64)
@@ -616,6 +616,15 @@ class ParamStore:
         """``(node, W, b)`` for every node, by id."""
         for n in self.nodes():
             yield n, self.weight(n), self.bias(n)
+
+
+def _arena(n: int, dtype: np.dtype) -> np.ndarray:
+    """``n`` zeros with every page written now: ``np.zeros`` maps pages lazily, and the first
+    write to each would then fault inside whichever mutation batch allocates there (a batch
+    bump-allocates ~1 MB at M, ~250 faults), instead of once, here, when the arena is made."""
+    out = np.empty(n, dtype)
+    out.fill(0)
+    return out
 
 
 @dataclass
