@@ -177,3 +177,12 @@ def test_resume_of_a_npz_dataset_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert train("--dataset", str(data), "--epochs", "1", "--out", str(run)) == 0
     rc = train("--resume", str(run), "--dataset", str(data), "--epochs", "2")
     assert rc == 0, capsys.readouterr().err
+
+
+def test_retain_freed_memory_tunes_glibc_or_says_it_did_not() -> None:
+    import platform
+
+    from streamdag.hostmem import retain_freed_memory
+
+    took = retain_freed_memory()
+    assert took is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
