@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -274,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level, args.log_json)
-    retain_freed_memory()  # growing networks free and re-take host memory every batch
+    if os.environ.get("STREAMDAG_RETAIN_FREED_MEMORY", "1") != "0":
+        retain_freed_memory()  # growing networks free and re-take host memory every batch
     try:
         return int(args.func(args))
     except StreamDagError as exc:

@@ -11,9 +11,9 @@ rebuild alone 1.8–2.5 against 1.0–1.6 ms.
 :func:`retain_freed_memory` asks glibc to keep it: a heap top of up to 512 MiB freed memory
 is not trimmed, the heap grows 64 MiB at a time, and blocks below 32 MiB (glibc's maximum)
 come from the heap rather than from fresh mappings. The cost is resident memory: a process
-keeps what it freed, up to that much. The ``streamdag`` command calls it at start; a program
-that uses the library directly may call it itself. It is process-wide and does nothing off
-glibc.
+keeps what it freed, up to that much. The ``streamdag`` command calls it at start (unless
+``STREAMDAG_RETAIN_FREED_MEMORY=0``); a program that uses the library directly may call it
+itself. It is process-wide and does nothing off glibc.
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ Allocation is a bump pointer; freeing leaves a hole. When an arena is full it gr
 geometrically (×2), compacting live slots when at least half of it is holes — so most
 mutations allocate nothing. Inside a batch offsets must stay put, so a batch only grows;
 :meth:`ParamStore.begin` compacts first when the arena is three quarters used and half of
-that is holes, which keeps a network that grows for thousands of batches within about 2×
-its live size. :attr:`ParamStore.layout_version` counts layout changes; a compaction moves
-slots, and :meth:`ParamStore.moves_since` tells a device mirror where each one went, so the
-mirror moves its own (newer) values instead of re-uploading the host's.
+that is holes, which bounds an arena at about 4× its live size (400 batches of 8
+duplications at M: 79 MB of arenas for 36 MB live, where only growing reached 315 MB).
+:attr:`ParamStore.layout_version` counts layout changes; a compaction moves slots, and
+:meth:`ParamStore.moves_since` tells a device mirror where each one went, so the mirror
+moves its own (newer) values instead of re-uploading the host's.
 
 Mutations never write into a live slot: a group whose weights change (a successor of a
 width-duplicated group gets more columns) gets a *fresh* slot, and the old one is freed when
