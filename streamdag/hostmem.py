@@ -6,7 +6,7 @@ the kernel as soon as it is freed (the heap top is trimmed past 128 kB; bigger b
 unmapped), so the next batch takes the page faults again. On the H100 benchmark host the
 host side of a batch of 8 duplications at M (apply + table rebuild, 30 batches, median)
 took 2.5–4.1 ms over six runs, 2.1–3.4 ms over six runs with freed memory kept; the table
-rebuild alone 1.8–2.5 against 1.0–1.6 ms.
+rebuild alone 1.5–2.5 against 1.0–1.6 ms.
 
 :func:`retain_freed_memory` asks glibc to keep it: a heap top of up to 512 MiB freed memory
 is not trimmed, the heap grows 64 MiB at a time, and blocks below 32 MiB (glibc's maximum)
