@@ -472,16 +472,17 @@ class ParamStore:
         self._live_b = sum(s.rows for s in self._slots.values())
         self._txn = None
 
-    def moves_since(self, version: int) -> list[np.ndarray] | None:
-        """Where the slots went in every compaction after layout ``version``, oldest first.
+    def moves_since(self, version: int) -> list[tuple[int, np.ndarray]] | None:
+        """Where the slots went in every compaction after layout ``version``, oldest first,
+        as ``(layout_version after it, moves)``.
 
-        Each is an int64 ``(n, 6)`` array, a row per live slot: old weight offset, new weight
-        offset, weight size, old bias offset, new bias offset, bias size. ``None`` when one
-        of those compactions is no longer remembered (the last 8 are).
+        ``moves`` is an int64 ``(n, 6)`` array, a row per live slot: old weight offset, new
+        weight offset, weight size, old bias offset, new bias offset, bias size. ``None``
+        when one of those compactions is no longer remembered (the last 8 are).
         """
         if self._moves_forgotten > version:
             return None
-        return [moves for v, moves in self._moves if v > version]
+        return [(v, moves) for v, moves in self._moves if v > version]
 
     def _require_txn(self) -> _Txn:
         if self._txn is None:

@@ -435,9 +435,10 @@ class CudaBackend(Backend):
             if compactions is None:
                 raise BackendError(
                     "the parameter store was compacted more often than it remembers since "
-                    "the GPU last followed it; call sync_params(params) before changing the "
-                    "store outside a mutation batch")
-            for moves in compactions:
+                    "the GPU last followed it, so the GPU's newer values cannot be placed; "
+                    "call sync_params(params) before changing the store outside a mutation "
+                    "batch")
+            for version, moves in compactions:
                 self._put("moves", moves)
 
                 def move(kind: str, new: Any, old: Any, n: int = len(moves)) -> None:
@@ -447,6 +448,8 @@ class CudaBackend(Backend):
 
                 self._replace_arenas({kind: max(arr.nbytes, self._b(kind).size)
                                       for kind, arr in params.arenas().items()}, move)
+                # followed this far: a later failure must not replay these moves again
+                self._layout = (id(params), version)
         grown = {kind: arr.nbytes for kind, arr in params.arenas().items()
                  if self._b(kind).size < arr.nbytes}
         if grown:

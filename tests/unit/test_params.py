@@ -280,8 +280,8 @@ def test_begin_compacts_a_mostly_empty_arena_and_tells_where_slots_went() -> Non
     p.begin()  # 3/4 used, 3/4 of that holes: compact before the batch, capacity kept
     assert p.arenas()["weight"].size == size and p.layout_version == p.moved_version == v0 + 1
     assert p.slot(3).w_off == 0 and (p.weight(3) == 3).all() and (p.bias(3) == -3).all()
-    [moves] = p.moves_since(v0)
-    assert moves.tolist() == [[750, 0, 250, 30, 0, 10]]
+    [(version, moves)] = p.moves_since(v0) or []
+    assert version == p.layout_version and moves.tolist() == [[750, 0, 250, 30, 0, 10]]
     assert p.moves_since(p.layout_version) == []
     p.rollback()  # the compaction changed no value: it stays
     assert p.slot(3).w_off == 0 and p.moves_since(v0) is not None
