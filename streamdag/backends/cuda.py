@@ -6,9 +6,10 @@ State on the device (all through :mod:`streamdag.driver`):
 
 * the four parameter arenas, byte-for-byte mirrors of the host
   :class:`~streamdag.params.ParamStore` arenas (same offsets, same spare capacity);
-* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`):
-  node 0 is the input, then the groups level by level, the output last; per node its
-  width, fan-in, arena offsets, predecessor and successor lists and a column map;
+* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`,
+  kept up to date by a :class:`~streamdag.backends.tables.TableBuilder`): node 0 is the
+  input, then the groups level by level, the output last; per node its width, fan-in,
+  arena offsets, predecessor and successor lists and a column map;
 * activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
   of the whole network is contiguous), with spare capacity in rows and columns so growth
   rarely reallocates;
@@ -45,8 +46,9 @@ backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
 growing an arena when the host's grew and moving slots as the host's compaction moved them
 (``sd_move_slots``; a batch begins with one when the arena is mostly holes), so parameters
 and momenta of surviving groups never leave the device; only host-made values (noise
-draws) go up, with the op table, in one staged copy. Then the tables are rebuilt on the
-host and go up the same way. The host store's values are stale until
+draws) go up, with the op table and the tables, in one staged copy. The tables are not
+rebuilt but patched (``backends/tables.py``: records by a key a node keeps, pools of runs
+that only grow, so only their new tail goes up). The host store's values are stale until
 :meth:`CudaBackend.sync_params` (evaluation, checkpoints); its slot layout is always current.
 
 Growth scores. Attached to a :class:`~streamdag.growth.GrowthPolicy` (it is a
@@ -73,7 +75,7 @@ from ..graph import NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
-from .tables import WG_THREADS, NetTables
+from .tables import WG_THREADS, NetTables, TableBuilder
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
 
@@ -204,7 +206,8 @@ class CudaBackend(Backend):
         self._dataflow = dataflow
         self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
         self._bufs: dict[str, Any] = {}
-        self._tables: NetTables | None = None
+        self._tables: NetTables | None = None  # what the device's table buffers hold
+        self._builder = TableBuilder()
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
@@ -275,9 +278,19 @@ class CudaBackend(Backend):
                     ) -> None:
         """Replay the batch on the device copy (a store not mirrored yet is uploaded whole at
         the next step) and rebuild the tables."""
+        arrays: dict[str, np.ndarray] = {}
+        n_ops = 0
         if self._params is params and self._layout is not None:
-            self._replay(params, report.param_ops)
-        self._rebuild(graph, params)
+            arrays, n_ops = self._replay_ops(params, report.param_ops)
+        try:  # the op records go up with the tables, in one copy
+            self._rebuild(graph, params, arrays)
+        except BaseException:
+            if n_ops:  # the batch must reach the device's parameters all the same
+                self._put_many(arrays)
+                self._launch_replay(n_ops)
+            raise
+        if n_ops:
+            self._launch_replay(n_ops)
 
     def synchronize(self) -> None:
         """Wait until every step issued so far has finished on the device."""
@@ -336,15 +349,28 @@ class CudaBackend(Backend):
             self._scatter_input(batch, graph.n_inputs)
         return batch
 
-    def _rebuild(self, graph: NetworkGraph, params: ParamStore) -> None:
-        self._tables = t = NetTables.build(graph, params)
+    def _rebuild(self, graph: NetworkGraph, params: ParamStore,
+                 also: Mapping[str, np.ndarray] | None = None) -> None:
+        """Bring the tables up to date (the builder patches what changed) and upload them,
+        with the arrays ``also`` (into the buffers they name), in one staged copy. Of the
+        pools that only grow (``NetTables.fresh``) only the new tail goes up, when the
+        buffer already holds the rest."""
+        held, self._tables = self._tables, None  # until the device holds the new ones
+        t = self._builder.update(graph, params)
         # what a step compares to know the tables still hold: the structure, and the slots
         # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
         self._structure += 1
-        self._put_many({name: getattr(t, name) for name in (
-            "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
-            "group_ids")})
+        items = [(self._buf(name, a.nbytes), 0, a) for name, a in (also or {}).items()]
+        for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start",
+                     "tiles", "group_ids"):
+            a = getattr(t, name)
+            old = self._bufs.get(name)
+            buf = self._buf(name, a.nbytes)
+            keep = min(t.fresh.get(name, 0), len(a)) if held is not None and buf is old else 0
+            items.append((buf, keep * (a.nbytes // max(len(a), 1)), a[keep:]))
+        self.gpu.upload_many(items, stream=self.stream)
+        self._tables = t
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
         self._scattered = -1  # the input columns move with the row stride
@@ -361,9 +387,12 @@ class CudaBackend(Backend):
         self._wt_stale = True
 
     # ------------------------------------------------------------------ mutations on the device
-    def _replay(self, params: ParamStore, ops: tuple[ParamOp, ...]) -> None:
-        """Apply a committed batch's ops to the device arenas, in order, by offset: one
-        table of ``SdParamOp`` records and one ``sd_replay`` launch (``kernels/growth.cu``)."""
+    def _replay_ops(self, params: ParamStore, ops: tuple[ParamOp, ...]
+                    ) -> tuple[dict[str, np.ndarray], int]:
+        """What applies a committed batch's ops to the device arenas, in order, by offset:
+        the arrays to upload (a table of ``SdParamOp`` records, host-made values) and the
+        number of records, for one ``sd_replay`` launch (``kernels/growth.cu``) once they
+        are up. Arenas are grown or moved first, as the host's were."""
         self._follow_growth(params, self._layout[1] if self._layout else 0)
         staged: list[np.ndarray] = []
         top = 0
@@ -403,16 +432,20 @@ class CudaBackend(Backend):
                              op.scale))
             else:
                 raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
-        if recs:
-            self._put_many({"param_ops": np.array(recs, dtype=OP_DTYPE),
-                            **({"staging": np.concatenate(staged)} if staged else {})})
-            self._launch(self._gk["sd_replay"], (1,), (256,), 0, self._b("param_ops"),
-                         np.int32(len(recs)), *(self._b(k) for k in (
-                             "weight", "weight_mom", "bias", "bias_mom")),
-                         self._bufs.get("staging", self._b("param_ops")))
         self._layout = (id(params), params.layout_version)
         self._device_newer = True
         self._wt_stale = True
+        if not recs:
+            return {}, 0
+        return ({"param_ops": np.array(recs, dtype=OP_DTYPE),
+                 **({"staging": np.concatenate(staged)} if staged else {})}, len(recs))
+
+    def _launch_replay(self, n_ops: int) -> None:
+        """``sd_replay`` of the ``n_ops`` records in ``param_ops`` (see :meth:`_replay_ops`)."""
+        self._launch(self._gk["sd_replay"], (1,), (256,), 0, self._b("param_ops"),
+                     np.int32(n_ops), *(self._b(k) for k in (
+                         "weight", "weight_mom", "bias", "bias_mom")),
+                     self._bufs.get("staging", self._b("param_ops")))
 
     def _refresh_weight_t(self) -> None:
         """Rebuild weight_t, the transposed weights the dataflow forward reads, if stale
