@@ -370,19 +370,6 @@ class NetworkGraph:
         return LevelArrays(ids=ids, level_sizes=np.bincount(depth[ids])[1:],
                            width=cols.width[ids], n_preds=n_preds, preds=cols.pool[at])
 
-    def id_columns(self) -> _Columns:
-        """The per-id columns (``alive``, ``width``, ``start``, ``count``, ``pool``, and
-        ``depth`` synced with the graph's depths), brought up to date: for readers that
-        patch their own tables by what changed (``backends/tables.py``).
-
-        Read-only, and valid until the next change. A group whose record changed has a new
-        ``start`` (its predecessors are appended to ``pool``); when the columns are full the
-        graph builds new ones, so a reader that kept the old object must start over.
-        """
-        cols = self._fresh_columns()
-        cols.sync_depths(self._depth_map())
-        return cols
-
     def _fresh_columns(self) -> _Columns:
         cols = self._columns
         if cols is None or not cols.update(self._groups, self._dirty, self._next_id):

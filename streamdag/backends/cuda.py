@@ -6,10 +6,9 @@ State on the device (all through :mod:`streamdag.driver`):
 
 * the four parameter arenas, byte-for-byte mirrors of the host
   :class:`~streamdag.params.ParamStore` arenas (same offsets, same spare capacity);
-* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`,
-  kept up to date by a :class:`~streamdag.backends.tables.TableBuilder`): node 0 is the
-  input, then the groups level by level, the output last; per node its width, fan-in,
-  arena offsets, predecessor and successor lists and a column map;
+* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`):
+  node 0 is the input, then the groups level by level, the output last; per node its
+  width, fan-in, arena offsets, predecessor and successor lists and a column map;
 * activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
   of the whole network is contiguous), with spare capacity in rows and columns so growth
   rarely reallocates;
@@ -46,10 +45,9 @@ backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
 growing an arena when the host's grew and moving slots as the host's compaction moved them
 (``sd_move_slots``; a batch begins with one when the arena is mostly holes), so parameters
 and momenta of surviving groups never leave the device; only host-made values (noise
-draws) go up, with the op table and the tables, in one staged copy. The tables are not
-rebuilt but patched (``backends/tables.py``: records by a key a node keeps, pools of runs
-that only grow, so only their new tail goes up). The host store's values are stale until
-:meth:`CudaBackend.sync_params` (evaluation, checkpoints); its slot layout is always current.
+draws) go up, with the op table and the rebuilt tables, in one staged copy. The host
+store's values are stale until :meth:`CudaBackend.sync_params` (evaluation, checkpoints);
+its slot layout is always current.
 
 Growth scores. Attached to a :class:`~streamdag.growth.GrowthPolicy` (it is a
 :class:`~streamdag.backends.base.ScoreTracker`), the backend keeps both EMAs per group on
@@ -75,7 +73,7 @@ from ..graph import NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
-from .tables import WG_THREADS, NetTables, TableBuilder
+from .tables import WG_THREADS, NetTables
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
 
@@ -207,7 +205,6 @@ class CudaBackend(Backend):
         self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
         self._bufs: dict[str, Any] = {}
         self._tables: NetTables | None = None  # what the device's table buffers hold
-        self._builder = TableBuilder()
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
@@ -351,25 +348,17 @@ class CudaBackend(Backend):
 
     def _rebuild(self, graph: NetworkGraph, params: ParamStore,
                  also: Mapping[str, np.ndarray] | None = None) -> None:
-        """Bring the tables up to date (the builder patches what changed) and upload them,
-        with the arrays ``also`` (into the buffers they name), in one staged copy. Of the
-        pools that only grow (``NetTables.fresh``) only the new tail goes up, when the
-        buffer already holds the rest."""
-        held, self._tables = self._tables, None  # until the device holds the new ones
-        t = self._builder.update(graph, params)
+        """Rebuild the tables and upload them, with the arrays ``also`` (into the buffers
+        they name), in one staged copy."""
+        self._tables = None  # until the device holds the new ones
+        t = NetTables.build(graph, params)
         # what a step compares to know the tables still hold: the structure, and the slots
         # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
         self._structure += 1
-        items = [(self._buf(name, a.nbytes), 0, a) for name, a in (also or {}).items()]
-        for name in ("nodes", "preds", "succs", "succ_node", "colmap", "level_start",
-                     "tiles", "group_ids"):
-            a = getattr(t, name)
-            old = self._bufs.get(name)
-            buf = self._buf(name, a.nbytes)
-            keep = min(t.fresh.get(name, 0), len(a)) if held is not None and buf is old else 0
-            items.append((buf, keep * (a.nbytes // max(len(a), 1)), a[keep:]))
-        self.gpu.upload_many(items, stream=self.stream)
+        self._put_many({**(also or {}), **{name: getattr(t, name) for name in (
+            "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
+            "group_ids")}})
         self._tables = t
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
