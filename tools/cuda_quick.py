@@ -41,7 +41,7 @@ def phases(b: CudaBackend, g, p, x, y, reps: int = 20) -> str:
 def task_trace(b: CudaBackend, g, p, x, y) -> str:
     """Per-task wait and compute time of block 0 in one persistent step (clock64 probe)."""
     t = b._tables
-    n = len(t.nodes)
+    n = t.n_nodes
     b._bufs["trace"] = b.gpu.alloc(8 * 8 * n)
     b.gpu.memset(b._bufs["trace"], 0)
     _ = b.step(g, p, x, y, lr=0.01).loss

@@ -6,9 +6,13 @@ State on the device (all through :mod:`streamdag.driver`):
 
 * the four parameter arenas, byte-for-byte mirrors of the host
   :class:`~streamdag.params.ParamStore` arenas (same offsets, same spare capacity);
-* node tables built from the :class:`~streamdag.graph.NetworkGraph` (:class:`NetTables`):
-  node 0 is the input, then the groups level by level, the output last; per node its
-  width, fan-in, arena offsets, predecessor and successor lists and a column map;
+* node tables (the layout of :class:`NetTables`): node 0 is the input, then the groups
+  level by level, the output last; per node its width, fan-in, arena offsets, predecessor
+  and successor lists and a column map. ``kernels/tables.cu`` builds them on the device from
+  :class:`~streamdag.backends.tables.TableInputs` (the groups sorted by level and the
+  graph's per-id columns, uploaded as they are), byte for byte what ``NetTables.build``
+  makes on the host; the host keeps only their :class:`TableShape`. ``streams`` mode, which
+  plans one task per node on the host, builds them on the host;
 * activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
   of the whole network is contiguous), with spare capacity in rows and columns so growth
   rarely reallocates;
@@ -45,8 +49,11 @@ backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
 growing an arena when the host's grew and moving slots as the host's compaction moved them
 (``sd_move_slots``; a batch begins with one when the arena is mostly holes), so parameters
 and momenta of surviving groups never leave the device; only host-made values (noise
-draws) go up, with the op table and the rebuilt tables, in one staged copy. The host
-store's values are stale until :meth:`CudaBackend.sync_params` (evaluation, checkpoints);
+draws) go up, with the op table and the table inputs, in one staged copy, and the tables
+are rebuilt on the device (at M a batch's catch-up went from ~2.0–2.4 to ~1.0–1.3 ms of
+host time on an H100 machine: ~60 numpy calls over every edge and column became a dozen
+over the groups, five launches and one small read-back). The host store's values are stale
+until :meth:`CudaBackend.sync_params` (evaluation, checkpoints);
 its slot layout is always current.
 
 Growth scores. Attached to a :class:`~streamdag.growth.GrowthPolicy` (it is a
@@ -73,7 +80,7 @@ from ..graph import NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
-from .tables import WG_THREADS, NetTables
+from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
 
@@ -195,6 +202,9 @@ class CudaBackend(Backend):
             "sd_transpose_weights",
             "sd_scatter_input",
             "sd_gather_output")}
+        tables = kernels.load("tables.cu", self.gpu)
+        self._tk = {n: self.gpu.kernel(tables, n) for n in (
+            "sd_tab_nodes", "sd_tab_edges", "sd_tab_scan", "sd_tab_fill", "sd_tab_sort")}
         growth = kernels.load("growth.cu", self.gpu)
         self._gk = {n: self.gpu.kernel(growth, n) for n in (
             "sd_copy2d", "sd_move_slots", "sd_replay", "sd_ema_update", "sd_ema_remap",
@@ -204,7 +214,10 @@ class CudaBackend(Backend):
         self._dataflow = dataflow
         self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
         self._bufs: dict[str, Any] = {}
-        self._tables: NetTables | None = None  # what the device's table buffers hold
+        # what the device's table buffers hold; the tables themselves in streams mode only,
+        # which plans a task per node on the host (the others build them on the device)
+        self._tables: TableShape | None = None
+        self._host_tables: NetTables | None = None
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
@@ -262,9 +275,8 @@ class CudaBackend(Backend):
         t = self._tables
         assert t is not None
         out = self._buf("logits", batch * graph.n_classes * 4)
-        out_node = t.nodes[-1]
         self._launch(self._k["sd_gather_output"], (math.ceil(batch * graph.n_classes / 256),),
-                     (256,), 0, self._b("act"), out, np.int32(out_node[4]),
+                     (256,), 0, self._b("act"), out, np.int32(t.out_act),
                      np.int32(graph.n_classes), np.int32(batch), np.int32(t.row_stride))
         logits = np.empty((batch, graph.n_classes), np.float32)
         self.gpu.download_range(out, 0, logits, stream=self.stream)
@@ -348,23 +360,70 @@ class CudaBackend(Backend):
 
     def _rebuild(self, graph: NetworkGraph, params: ParamStore,
                  also: Mapping[str, np.ndarray] | None = None) -> None:
-        """Rebuild the tables and upload them, with the arrays ``also`` (into the buffers
-        they name), in one staged copy."""
-        self._tables = None  # until the device holds the new ones
-        t = NetTables.build(graph, params)
+        """Rebuild the tables — on the device, or in ``streams`` mode on the host — and
+        upload what they need, with the arrays ``also`` (into the buffers they name), in
+        one staged copy."""
+        self._tables = self._host_tables = None  # until the device holds the new ones
+        if self.mode == "streams":
+            h = NetTables.build(graph, params)
+            self._put_many({**(also or {}), **{name: getattr(h, name) for name in (
+                "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
+                "group_ids")}})
+            t, self._host_tables = h.shape, h
+        else:
+            t = self._build_tables(TableInputs.build(graph, params), also or {})
         # what a step compares to know the tables still hold: the structure, and the slots
         # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
         self._structure += 1
-        self._put_many({**(also or {}), **{name: getattr(t, name) for name in (
-            "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
-            "group_ids")}})
         self._tables = t
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
         self._scattered = -1  # the input columns move with the row stride
         if self._batch_capacity:
             self._ensure_batch(self._batch_capacity)
+
+    def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]) -> TableShape:
+        """The tables ``NetTables.build`` would make, built by ``kernels/tables.cu`` from
+        ``inp`` (uploaded with ``also``); one wait for the inputs to go up and one for the
+        column and tile counts, which size two of the tables."""
+        n, i32 = inp.n_nodes, np.int32
+        self._put_many({**also, "tab_order": inp.order, "tab_perm": inp.perm,
+                        "tab_woff": inp.w_off, "tab_boff": inp.b_off, "tab_out": inp.out_preds,
+                        "tab_width": inp.width, "tab_start": inp.start,
+                        "tab_count": inp.count, "tab_pool": inp.pool,
+                        "level_start": inp.level_start, "group_ids": inp.group_ids})
+        b = self._buf
+        nodes, pos = b("nodes", 48 * n), b("tab_pos", 4 * len(inp.width))
+        cursor, n_tiles, tile_start = b("tab_cursor", 4 * n), b("tab_ntiles", 4 * n), b(
+            "tab_tstart", 4 * n)
+        preds, succs = b("preds", 4 * inp.n_edges), b("succs", 16 * inp.n_edges)
+        succ_node, totals = b("succ_node", 4 * inp.n_edges), b("tab_totals", 32)
+        ins = {k: self._b(f"tab_{k}") for k in (
+            "order", "perm", "woff", "boff", "out", "width", "start", "count", "pool")}
+        n_out = i32(len(inp.out_preds))
+        warps = (math.ceil(32 * n / 256),)
+        k = self._tk
+        self._launch(k["sd_tab_nodes"], (math.ceil(n / 256),), (256,), 0, nodes, i32(n),
+                     i32(inp.n_inputs), i32(inp.n_classes), ins["order"], ins["width"],
+                     ins["count"], ins["woff"], ins["boff"], n_out, pos, cursor)
+        self._launch(k["sd_tab_edges"], warps, (256,), 0, nodes, i32(n), i32(inp.n_inputs),
+                     ins["order"], ins["width"], ins["start"], ins["count"], ins["pool"],
+                     ins["out"], n_out, pos, n_tiles)
+        self._launch(k["sd_tab_scan"], (1,), (1024,), 0, nodes, i32(n), n_tiles, tile_start,
+                     totals)
+        sums = np.empty(4, np.int64)
+        self.gpu.download_range(totals, 0, sums, stream=self.stream)
+        n_cols, n_tile = int(sums[0]), int(sums[1])
+        if n_cols > MAX_INT32:
+            raise ConfigError("the network is too large for 32-bit kernel tables")
+        colmap, tiles = b("colmap", 4 * n_cols), b("tiles", 16 * n_tile)
+        self._launch(k["sd_tab_fill"], warps, (256,), 0, nodes, i32(n), ins["order"],
+                     ins["start"], ins["count"], ins["pool"], ins["out"], n_out, ins["perm"],
+                     pos, n_tiles, tile_start, cursor, preds, colmap, succs, succ_node, tiles)
+        self._launch(k["sd_tab_sort"], (math.ceil(n / 256),), (256,), 0, nodes, i32(n), succs,
+                     succ_node)
+        return inp.shape(n_tile)
 
     def _upload_params(self, params: ParamStore) -> None:
         for kind, arr in params.arenas().items():
@@ -442,8 +501,8 @@ class CudaBackend(Backend):
         t = self._tables
         assert t is not None
         wt = self._buf("weight_t", self._b("weight").size, exact=True)
-        if self._wt_stale and len(t.nodes) > 1:
-            self._launch(self._k["sd_transpose_weights"], (len(t.nodes) - 1,), (256,), 0,
+        if self._wt_stale and t.n_nodes > 1:
+            self._launch(self._k["sd_transpose_weights"], (t.n_nodes - 1,), (256,), 0,
                          self._b("nodes"), self._b("weight"), wt)
         self._wt_stale = False
 
@@ -641,11 +700,11 @@ class CudaBackend(Backend):
             self._buf("labels", 4 * bcap, exact=True)
             self._buf("loss_rows", 4 * bcap, exact=True)
             self._buf("correct_rows", 4 * bcap, exact=True)
-            self._buf("x", 4 * bcap * int(t.nodes[0][0]), exact=True)
+            self._buf("x", 4 * bcap * t.n_inputs, exact=True)
             self._batch_capacity = bcap
             self._graph_exe = None
-        if "x" not in self._bufs or self._bufs["x"].size < 4 * batch * int(t.nodes[0][0]):
-            self._buf("x", 4 * self._batch_capacity * int(t.nodes[0][0]), exact=True)
+        if "x" not in self._bufs or self._bufs["x"].size < 4 * batch * t.n_inputs:
+            self._buf("x", 4 * self._batch_capacity * t.n_inputs, exact=True)
         self._buf("loss", 4)
         self._buf("correct", 4)
         self._buf("hyper", 16)
@@ -657,8 +716,8 @@ class CudaBackend(Backend):
         self.gpu.upload_range(self._b("x"), 0, x, stream=self.stream)
         self._scatter_input(batch, n_in)
         if y is not None:
-            if y.min(initial=0) < 0 or y.max(initial=0) >= int(t.nodes[-1][0]):
-                raise DataError(f"labels must be in [0, {int(t.nodes[-1][0])}), got "
+            if y.min(initial=0) < 0 or y.max(initial=0) >= t.n_classes:
+                raise DataError(f"labels must be in [0, {t.n_classes}), got "
                                 f"[{y.min()}, {y.max()}]")
             self.gpu.upload_range(self._b("labels"), 0, y.astype(np.int32), stream=self.stream)
 
@@ -696,8 +755,8 @@ class CudaBackend(Backend):
         assert t is not None
         self._refresh_weight_t()
         rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
-        n_nodes = len(t.nodes)
-        partials = (self._step_threads // 32) * rows * int(t.nodes[-1][0]) * 4
+        n_nodes = t.n_nodes
+        partials = (self._step_threads // 32) * rows * t.n_classes * 4
         split = partials <= SMEM_LIMIT // 2
         tail = (np.int32(batch), np.int32(t.row_stride), np.int32(rows), np.int32(split),
                 np.int32(forward_only))
@@ -728,7 +787,7 @@ class CudaBackend(Backend):
     def _launch_update(self, stream: Any, batch: int) -> None:
         t = self._tables
         assert t is not None
-        self._launch(self._k["sd_wgrad_update"], (len(t.tiles),), (WG_THREADS,), 0,
+        self._launch(self._k["sd_wgrad_update"], (t.n_tiles,), (WG_THREADS,), 0,
             self._b("nodes"), self._b("tiles"), self._b("colmap"), self._b("weight"),
             self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
             self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
@@ -790,7 +849,7 @@ class CudaBackend(Backend):
         """The training step as a scheduler task graph over the node tables."""
         from ..scheduler import Buf, KernelSpec, TaskGraph
 
-        t = self._tables
+        t = self._host_tables
         assert t is not None
         spec = {name: KernelSpec.from_source(KERNEL_FILE, name) for name in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_wgrad_update",

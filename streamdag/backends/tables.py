@@ -1,8 +1,10 @@
 """The int32 tables the CUDA kernels walk (:class:`NetTables`), built from a graph.
 
 Pure numpy, no GPU: the layout is described in ``kernels/network.cu`` (``struct Node``) and
-in :mod:`streamdag.backends.cuda`. Rebuilt after every mutation batch, so its cost is part of
-the cost of growing (see docs/cuda-backend.md).
+in :mod:`streamdag.backends.cuda`. :meth:`NetTables.build` is the reference (and what the
+``streams`` mode uses); the CUDA backend builds the same tables on the device after every
+mutation batch (``kernels/tables.cu``) from :class:`TableInputs`, a dozen numpy calls over
+the groups, and keeps their :class:`TableShape` (see docs/cuda-backend.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from ..errors import ConfigError
 from ..graph import INPUT, OUTPUT, NetworkGraph
 from ..params import ParamStore
 
-__all__ = ["MAX_INT32", "NODE_FIELDS", "WG_THREADS", "WG_XCOLS", "NetTables"]
+__all__ = ["MAX_INT32", "NODE_FIELDS", "WG_THREADS", "WG_XCOLS", "NetTables", "TableInputs",
+           "TableShape"]
 
 NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
 WG_THREADS = 256  # SD_WG_THREADS
@@ -59,6 +62,14 @@ class NetTables:
     @property
     def n_levels(self) -> int:
         return len(self.level_start) - 1
+
+    @property
+    def shape(self) -> TableShape:
+        """What the host needs of these tables to launch the kernels that walk them."""
+        return TableShape(n_nodes=len(self.nodes), n_tiles=len(self.tiles),
+                          row_stride=self.row_stride, n_inputs=int(self.nodes[0, 0]),
+                          n_classes=int(self.nodes[-1, 0]), level_start=self.level_start,
+                          group_ids=self.group_ids)
 
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
@@ -156,6 +167,110 @@ class NetTables:
             group_ids=group_ids.astype(np.int32),
             row_stride=row_stride,
         )
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What the host needs of a network's tables to launch the kernels that walk them, for
+    tables that live on the device only (see :class:`TableInputs`).
+
+    Attributes:
+        n_nodes, n_tiles: the number of Node records and of weight-gradient tiles.
+        row_stride: floats per batch row of the activation arenas.
+        n_inputs, n_classes: the widths of the input (node 0) and the output (the last).
+        level_start, group_ids: as in :class:`NetTables`.
+    """
+
+    n_nodes: int
+    n_tiles: int
+    row_stride: int
+    n_inputs: int
+    n_classes: int
+    level_start: np.ndarray
+    group_ids: np.ndarray
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.level_start) - 1
+
+    @property
+    def out_act(self) -> int:
+        """The output's first column in a batch row: it is the last node."""
+        return self.row_stride - self.n_classes
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """What ``kernels/tables.cu`` builds :class:`NetTables` from, on the device: the groups
+    in level order and the graph's per-id columns as they are (no pass over edges here).
+
+    Attributes:
+        order: ids of positions ``1 .. n - 2`` (int64), by depth then id.
+        perm: the stats slot of each (its rank by id), int64.
+        w_off, b_off: arena offsets of positions ``1 .. n - 1`` (the output last), int64.
+        out_preds: the output's predecessor ids, int64.
+        width, start, count, pool: ``graph.id_columns()`` (int64, by id; ``pool`` up to its
+            top, garbage included).
+        level_start, group_ids, row_stride, n_inputs, n_classes: as in :class:`NetTables`.
+        n_edges: predecessor entries of all nodes, the output's included.
+    """
+
+    order: np.ndarray
+    perm: np.ndarray
+    w_off: np.ndarray
+    b_off: np.ndarray
+    out_preds: np.ndarray
+    width: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    pool: np.ndarray
+    level_start: np.ndarray
+    group_ids: np.ndarray
+    row_stride: int
+    n_inputs: int
+    n_classes: int
+    n_edges: int
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.order) + 2
+
+    @classmethod
+    def build(cls, graph: NetworkGraph, params: ParamStore) -> TableInputs:
+        """A dozen numpy calls over the groups, none over edges or columns.
+
+        Raises:
+            ConfigError: an offset does not fit the kernels' 32-bit tables (the column
+                count is checked once the device has summed it).
+        """
+        cols = graph.id_columns()
+        ids = np.flatnonzero(cols.alive)
+        depth = cols.depth[ids]
+        # a depth <= groups < 2**16: radix-sorted on 16 bits; stable, so by id within one
+        perm = np.argsort(depth.astype(np.uint16) if len(cols.alive) <= 1 << 16 else depth,
+                          kind="stable")
+        order = ids[perm]
+        w_off, b_off = params.offsets(np.append(order, OUTPUT))
+        out_preds = np.fromiter(graph.output.preds, np.int64, len(graph.output.preds))
+        row_stride = int(cols.width[ids].sum()) + graph.n_inputs + graph.n_classes
+        if max(row_stride, params.arenas()["weight"].size) > MAX_INT32:
+            raise ConfigError("the network is too large for 32-bit kernel tables")
+        sizes = np.bincount(depth)[1:] if len(ids) else np.zeros(0, np.intp)
+        return cls(
+            order=order, perm=perm.astype(np.int64, copy=False),
+            w_off=np.ascontiguousarray(w_off), b_off=np.ascontiguousarray(b_off),
+            out_preds=out_preds, width=cols.width, start=cols.start, count=cols.count,
+            pool=cols.pool[: cols.top],
+            level_start=np.cumsum(np.concatenate([[0, 1], sizes, [1]]), dtype=np.int32),
+            group_ids=ids.astype(np.int32), row_stride=row_stride,
+            n_inputs=graph.n_inputs, n_classes=graph.n_classes,
+            n_edges=int(cols.count[ids].sum()) + len(out_preds),
+        )
+
+    def shape(self, n_tiles: int) -> TableShape:
+        return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=self.row_stride,
+                          n_inputs=self.n_inputs, n_classes=self.n_classes,
+                          level_start=self.level_start, group_ids=self.group_ids)
 
 
 def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:

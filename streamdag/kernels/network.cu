@@ -49,11 +49,7 @@
 #define SD_WG_ROWCHUNK 64
 #endif
 
-struct Node {
-  int width, fan_in, w_off, b_off;
-  int act, pred_start, n_preds, succ_start;
-  int n_succs, relu, col_start, pad;
-};
+#include "node.cuh"  // struct Node
 
 // ---------------------------------------------------------------- per-item device functions
 

@@ -8,6 +8,7 @@ mismatches and the largest difference.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,59 @@ def test_large_batch_and_wide_groups(mode: str, backward: str) -> None:
     rng = np.random.default_rng(7)
     graph = random_dag(rng, 12, wmin=48, wmax=64)
     run_both(mode, backward, graph, seed=7, batch=4096, steps=3)
+
+
+def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
+                                    params: ParamStore) -> None:
+    """Every table ``kernels/tables.cu`` built equals ``NetTables.build``'s, byte for byte."""
+    from streamdag.backends.tables import NetTables
+
+    want = NetTables.build(graph, params)
+    backend._rebuild(graph, params)
+    # NetTables pads an empty table with one zero record: compare the records it counts
+    count = {"preds": int(want.nodes[:, 6].sum()), "succs": int(want.nodes[:, 8].sum()),
+             "succ_node": int(want.nodes[:, 8].sum())}
+    for name in ("nodes", "preds", "succs", "succ_node", "colmap", "tiles", "level_start",
+                 "group_ids"):
+        ref = getattr(want, name)[: count.get(name)]
+        got = np.empty_like(ref)
+        backend.gpu.download_range(backend._b(name), 0, got, stream=backend.stream)
+        np.testing.assert_array_equal(got, ref, err_msg=name)
+    shape, ref_shape = backend._tables, want.shape
+    for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_act"):
+        assert getattr(shape, field) == getattr(ref_shape, field), field
+    assert shape.out_act == int(want.nodes[-1, 4])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_tables_built_on_the_device_equal_the_host_build(seed: int) -> None:
+    """Random DAGs (widths 1..1024 on some), then random batches of duplications and
+    prunings, every table compared after each."""
+    from streamdag.backends.cuda import CudaBackend
+
+    rng = np.random.default_rng(seed)
+    wide = seed % 5 == 0
+    g = random_dag(rng, int(rng.integers(1, 40)), wmin=1, wmax=1024 if wide else 64,
+                   fmax=int(rng.integers(1, 9)))
+    p = ParamStore.initialize(g, rng)
+    b = CudaBackend()
+    device_tables_equal_host_tables(b, g, p)
+    for _ in range(4):
+        with contextlib.suppress(StreamDagError):  # refused batches change nothing
+            apply_mutations(g, p, random_mutations(g, rng, int(rng.integers(1, 6))), rng=rng)
+        device_tables_equal_host_tables(b, g, p)
+
+
+def test_tables_built_on_the_device_at_dagbench_m() -> None:
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
+
+    work = build_workload(resolve_spec("M"))
+    b = CudaBackend()
+    device_tables_equal_host_tables(b, work.graph, work.params)
+    for seed in range(3):
+        apply_mutations(work.graph, work.params, mutation_batch(work.graph, seed))
+        device_tables_equal_host_tables(b, work.graph, work.params)
 
 
 def test_predict_matches_reference() -> None:
