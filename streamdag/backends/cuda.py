@@ -263,7 +263,7 @@ class CudaBackend(Backend):
             self._launch_graph(batch)
         if self._ema_decays is not None:
             self._launch_ema_update()
-        self._device_newer = True
+        self._device_newer = params.values_elsewhere = True
         self._generation += 1
         return DeviceStepResult(self, self._generation, batch)
 
@@ -312,7 +312,7 @@ class CudaBackend(Backend):
             self._follow_growth(params, self._layout[1])
         for kind, arr in params.arenas().items():
             self.gpu.download_range(self._b(kind), 0, arr, stream=self.stream)
-        self._device_newer = False
+        self._device_newer = params.values_elsewhere = False
 
     def memory_report(self) -> dict[str, int]:
         """Device bytes held, by buffer, and ``needed``: what the step truly uses."""
@@ -426,6 +426,12 @@ class CudaBackend(Backend):
         return inp.shape(n_tile)
 
     def _upload_params(self, params: ParamStore) -> None:
+        if params.values_elsewhere:
+            raise BackendError(
+                "this parameter store's values are stale: another device mirror trained "
+                "them and has not written them back; call that backend's sync_params(params) "
+                "first (or set params.values_elsewhere = False to train from the stale "
+                "values)")
         for kind, arr in params.arenas().items():
             buf = self._buf(kind, arr.nbytes, exact=True)
             self.gpu.upload_range(buf, 0, arr, stream=self.stream)
@@ -481,7 +487,7 @@ class CudaBackend(Backend):
             else:
                 raise BackendError(f"cannot replay parameter op {op.kind!r} on the device")
         self._layout = (id(params), params.layout_version)
-        self._device_newer = True
+        self._device_newer = params.values_elsewhere = True
         self._wt_stale = True
         if not recs:
             return {}, 0

@@ -186,6 +186,31 @@ def test_tables_built_on_the_device_at_dagbench_m() -> None:
         device_tables_equal_host_tables(b, work.graph, work.params)
 
 
+def test_a_store_another_backend_trains_is_not_uploaded_stale() -> None:
+    """While one backend trains a store its host values are stale (and a batch writes none
+    into them): a second backend refuses to upload them, until the first writes them back."""
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.errors import BackendError
+
+    rng = np.random.default_rng(3)
+    g = random_dag(rng, 8)
+    p = ParamStore.initialize(g, rng)
+    x = rng.standard_normal((16, g.n_inputs)).astype(np.float32)
+    y = rng.integers(0, g.n_classes, 16)
+    first, second = CudaBackend(), CudaBackend()
+    first.step(g, p, x, y, lr=0.1)
+    report = apply_mutations(g, p, [DuplicateWidth(g.group_ids()[0])], rng=rng, noise=0.1)
+    first.on_mutation(g, p, report)
+    first.step(g, p, x, y, lr=0.1)
+    assert p.values_elsewhere
+    with pytest.raises(BackendError, match="sync_params"):
+        second.step(g, p, x, y, lr=0.1)
+    first.sync_params(p)
+    assert not p.values_elsewhere
+    want = ReferenceBackend().step(g, p.copy(), x, y, lr=0.1).loss
+    assert second.step(g, p, x, y, lr=0.1).loss == pytest.approx(want, rel=1e-5)
+
+
 def test_predict_matches_reference() -> None:
     from streamdag.backends.cuda import CudaBackend
 

@@ -176,3 +176,57 @@ def test_ids_are_never_reused_after_prune() -> None:
     assert apply_mutations(g, p, [DuplicateDepth(1)]).created == [4]
     with pytest.raises(UnknownGroupError):
         apply_mutations(g, p, [DuplicateDepth(3)])
+
+
+def _ops_key(report) -> list[tuple]:
+    """Every field of every recorded op, values as bytes."""
+    return [(op.kind, op.dst, op.src, op.dst_col, op.src_col, op.ncols, op.scale, op.rows,
+             op.cols, op.slot, op.src_slot,
+             tuple(np.asarray(v).tobytes() for v in (op.values or ())))
+            for op in report.param_ops]
+
+
+def test_values_elsewhere_records_the_same_batch_and_writes_no_values() -> None:
+    """A store whose values a device mirror owns: every batch (refused ones included)
+    gives the same layout, graph, report and recorded ops (noise draws and set values
+    included) as on a store that writes values, and writes nothing into the host arenas
+    (unless they were reallocated)."""
+    from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
+
+    work = build_workload(resolve_spec("smoke"))
+    g1, p1 = work.graph.copy(), work.params.copy()
+    g2, p2 = work.graph.copy(), work.params.copy()
+    p2.values_elsewhere = True
+    r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
+    pick = np.random.default_rng(8)
+    refused = noise_ops = 0
+    for step in range(40):
+        batch = mutation_batch(g1, step, n_depth=2, n_width=3)
+        ids = g1.group_ids()
+        extra = [Prune(int(pick.choice(ids))),
+                 Connect(INPUT, int(pick.choice(ids))),
+                 Disconnect(int(pick.choice(ids)), int(pick.choice(ids)))]
+        batch += extra[: int(pick.integers(0, 4))]
+        before = {k: a.copy() for k, a in p2.arenas().items()}
+        version = p2.layout_version
+        outcome = []
+        for g, p, rng in ((g1, p1, r1), (g2, p2, r2)):
+            try:
+                outcome.append(apply_mutations(g, p, batch, step=step, rng=rng, noise=0.05))
+            except GraphError as exc:
+                outcome.append(type(exc))
+        if isinstance(outcome[0], type):
+            refused += 1
+            assert outcome[1] is outcome[0]
+        else:
+            assert outcome[0].applied == outcome[1].applied
+            assert outcome[0].removed == outcome[1].removed
+            assert _ops_key(outcome[0]) == _ops_key(outcome[1])
+            noise_ops += sum(op.kind == "add_noise" for op in outcome[1].param_ops)
+        assert g1.to_dict() == g2.to_dict()
+        assert {n: p1.slot(n) for n in p1.nodes()} == {n: p2.slot(n) for n in p2.nodes()}
+        assert (p1.layout_version, p1.moved_version) == (p2.layout_version, p2.moved_version)
+        if p2.layout_version == version:  # the same arenas: not a value written into them
+            for kind, arena in p2.arenas().items():
+                assert np.array_equal(arena, before[kind]), (step, kind)
+    assert 0 < refused < 40 and noise_ops > 0
