@@ -205,18 +205,25 @@ class ParamStore:
         Raises:
             UnknownGroupError: a node without parameters.
         """
+        offs = self.offset_table()
+        idx = np.asarray(nodes, dtype=np.int64) + 2
+        bad = (idx < 0) | (idx >= len(offs))
+        found = offs.take(np.where(bad, 0, idx), axis=0)  # 10x faster than [idx]
+        missing = bad | (found[:, 0] < 0)
+        if missing.any():
+            self.slot(int(idx[np.argmax(missing)]) - 2)  # raises, naming the node
+        return found[:, 0], found[:, 1]
+
+    def offset_table(self) -> np.ndarray:
+        """``(w_off, b_off)`` of every node by id + 2 (the output at row 0), ``-1`` where a
+        node has no slot, int64: for a device mirror that looks offsets up itself. The
+        store's own table, not a copy: read it before the next change."""
         if self._offs is None:
             offs = np.full((max(self._slots, default=0) + 3, 2), -1, dtype=np.int64)
             for node, sl in self._slots.items():
                 offs[node + 2] = (sl.w_off, sl.b_off)
             self._offs = offs
-        idx = np.asarray(nodes, dtype=np.int64) + 2
-        bad = (idx < 0) | (idx >= len(self._offs))
-        found = self._offs.take(np.where(bad, 0, idx), axis=0)  # 10x faster than [idx]
-        missing = bad | (found[:, 0] < 0)
-        if missing.any():
-            self.slot(int(idx[np.argmax(missing)]) - 2)  # raises, naming the node
-        return found[:, 0], found[:, 1]
+        return self._offs
 
     def _set_offsets(self, node: int, slot: Slot | None) -> None:
         offs = self._offs

@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, ConfigError, DataError, DeviceMemoryError, StreamDagError
-from ..graph import NetworkGraph
+from ..graph import OUTPUT, NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
@@ -371,7 +371,12 @@ class CudaBackend(Backend):
                 "group_ids")}})
             t, self._host_tables = h.shape, h
         else:
-            t = self._build_tables(TableInputs.build(graph, params), also or {})
+            inp = TableInputs.build(graph, params)
+            shape = self._build_tables(inp, also or {})
+            if shape is None:  # a node without a slot: let the host name it
+                params.offsets(np.append(inp.order, OUTPUT))
+                raise BackendError("a node has no parameter slot")
+            t = shape
         # what a step compares to know the tables still hold: the structure, and the slots
         # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
         self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
@@ -383,13 +388,14 @@ class CudaBackend(Backend):
         if self._batch_capacity:
             self._ensure_batch(self._batch_capacity)
 
-    def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]) -> TableShape:
+    def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]
+                      ) -> TableShape | None:
         """The tables ``NetTables.build`` would make, built by ``kernels/tables.cu`` from
         ``inp`` (uploaded with ``also``); one wait for the inputs to go up and one for the
-        column and tile counts, which size two of the tables."""
+        sums that size the last tables. ``None`` if a node has no parameter slot."""
         n, i32 = inp.n_nodes, np.int32
         self._put_many({**also, "tab_order": inp.order, "tab_perm": inp.perm,
-                        "tab_woff": inp.w_off, "tab_boff": inp.b_off, "tab_out": inp.out_preds,
+                        "tab_offs": inp.offsets, "tab_out": inp.out_preds,
                         "tab_width": inp.width, "tab_start": inp.start,
                         "tab_count": inp.count, "tab_pool": inp.pool,
                         "level_start": inp.level_start, "group_ids": inp.group_ids})
@@ -397,33 +403,38 @@ class CudaBackend(Backend):
         nodes, pos = b("nodes", 48 * n), b("tab_pos", 4 * len(inp.width))
         cursor, n_tiles, tile_start = b("tab_cursor", 4 * n), b("tab_ntiles", 4 * n), b(
             "tab_tstart", 4 * n)
-        preds, succs = b("preds", 4 * inp.n_edges), b("succs", 16 * inp.n_edges)
-        succ_node, totals = b("succ_node", 4 * inp.n_edges), b("tab_totals", 32)
+        totals = b("tab_totals", 48)
         ins = {k: self._b(f"tab_{k}") for k in (
-            "order", "perm", "woff", "boff", "out", "width", "start", "count", "pool")}
+            "order", "perm", "offs", "out", "width", "start", "count", "pool")}
         n_out = i32(len(inp.out_preds))
         warps = (math.ceil(32 * n / 256),)
         k = self._tk
+        self.gpu.memset(totals, 0, stream=self.stream)
         self._launch(k["sd_tab_nodes"], (math.ceil(n / 256),), (256,), 0, nodes, i32(n),
                      i32(inp.n_inputs), i32(inp.n_classes), ins["order"], ins["width"],
-                     ins["count"], ins["woff"], ins["boff"], n_out, pos, cursor)
+                     ins["count"], ins["offs"], np.int64(len(inp.offsets)), n_out, pos,
+                     cursor, totals)
         self._launch(k["sd_tab_edges"], warps, (256,), 0, nodes, i32(n), i32(inp.n_inputs),
                      ins["order"], ins["width"], ins["start"], ins["count"], ins["pool"],
                      ins["out"], n_out, pos, n_tiles)
         self._launch(k["sd_tab_scan"], (1,), (1024,), 0, nodes, i32(n), n_tiles, tile_start,
                      totals)
-        sums = np.empty(4, np.int64)
+        sums = np.empty(6, np.int64)
         self.gpu.download_range(totals, 0, sums, stream=self.stream)
-        n_cols, n_tile = int(sums[0]), int(sums[1])
-        if n_cols > MAX_INT32:
+        n_cols, n_tile, _, no_slot, row_stride, n_edges = (int(v) for v in sums)
+        if no_slot:
+            return None
+        if max(n_cols, row_stride) > MAX_INT32:
             raise ConfigError("the network is too large for 32-bit kernel tables")
-        colmap, tiles = b("colmap", 4 * n_cols), b("tiles", 16 * n_tile)
+        preds, succs = b("preds", 4 * n_edges), b("succs", 16 * n_edges)
+        succ_node, colmap, tiles = b("succ_node", 4 * n_edges), b("colmap", 4 * n_cols), b(
+            "tiles", 16 * n_tile)
         self._launch(k["sd_tab_fill"], warps, (256,), 0, nodes, i32(n), ins["order"],
                      ins["start"], ins["count"], ins["pool"], ins["out"], n_out, ins["perm"],
                      pos, n_tiles, tile_start, cursor, preds, colmap, succs, succ_node, tiles)
         self._launch(k["sd_tab_sort"], (math.ceil(n / 256),), (256,), 0, nodes, i32(n), succs,
                      succ_node)
-        return inp.shape(n_tile)
+        return inp.shape(n_tile, row_stride)
 
     def _upload_params(self, params: ParamStore) -> None:
         if params.values_elsewhere:

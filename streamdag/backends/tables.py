@@ -202,23 +202,22 @@ class TableShape:
 @dataclass(frozen=True)
 class TableInputs:
     """What ``kernels/tables.cu`` builds :class:`NetTables` from, on the device: the groups
-    in level order and the graph's per-id columns as they are (no pass over edges here).
+    in level order, and the graph's per-id columns and the slot offsets as they are (no pass
+    over edges or columns here; the row stride and the edge count come back summed).
 
     Attributes:
         order: ids of positions ``1 .. n - 2`` (int64), by depth then id.
         perm: the stats slot of each (its rank by id), int64.
-        w_off, b_off: arena offsets of positions ``1 .. n - 1`` (the output last), int64.
+        offsets: ``ParamStore.offset_table()``: ``(w_off, b_off)`` by id + 2.
         out_preds: the output's predecessor ids, int64.
         width, start, count, pool: ``graph.id_columns()`` (int64, by id; ``pool`` up to its
             top, garbage included).
-        level_start, group_ids, row_stride, n_inputs, n_classes: as in :class:`NetTables`.
-        n_edges: predecessor entries of all nodes, the output's included.
+        level_start, group_ids, n_inputs, n_classes: as in :class:`NetTables`.
     """
 
     order: np.ndarray
     perm: np.ndarray
-    w_off: np.ndarray
-    b_off: np.ndarray
+    offsets: np.ndarray
     out_preds: np.ndarray
     width: np.ndarray
     start: np.ndarray
@@ -226,10 +225,8 @@ class TableInputs:
     pool: np.ndarray
     level_start: np.ndarray
     group_ids: np.ndarray
-    row_stride: int
     n_inputs: int
     n_classes: int
-    n_edges: int
 
     @property
     def n_nodes(self) -> int:
@@ -240,35 +237,30 @@ class TableInputs:
         """A dozen numpy calls over the groups, none over edges or columns.
 
         Raises:
-            ConfigError: an offset does not fit the kernels' 32-bit tables (the column
-                count is checked once the device has summed it).
+            ConfigError: the weight arena is too large for the kernels' 32-bit tables (the
+                row and the column count are checked once the device has summed them).
         """
+        if params.arenas()["weight"].size > MAX_INT32:
+            raise ConfigError("the network is too large for 32-bit kernel tables")
         cols = graph.id_columns()
         ids = np.flatnonzero(cols.alive)
         depth = cols.depth[ids]
         # a depth <= groups < 2**16: radix-sorted on 16 bits; stable, so by id within one
         perm = np.argsort(depth.astype(np.uint16) if len(cols.alive) <= 1 << 16 else depth,
                           kind="stable")
-        order = ids[perm]
-        w_off, b_off = params.offsets(np.append(order, OUTPUT))
-        out_preds = np.fromiter(graph.output.preds, np.int64, len(graph.output.preds))
-        row_stride = int(cols.width[ids].sum()) + graph.n_inputs + graph.n_classes
-        if max(row_stride, params.arenas()["weight"].size) > MAX_INT32:
-            raise ConfigError("the network is too large for 32-bit kernel tables")
         sizes = np.bincount(depth)[1:] if len(ids) else np.zeros(0, np.intp)
         return cls(
-            order=order, perm=perm.astype(np.int64, copy=False),
-            w_off=np.ascontiguousarray(w_off), b_off=np.ascontiguousarray(b_off),
-            out_preds=out_preds, width=cols.width, start=cols.start, count=cols.count,
-            pool=cols.pool[: cols.top],
+            order=ids[perm], perm=perm.astype(np.int64, copy=False),
+            offsets=params.offset_table(),
+            out_preds=np.fromiter(graph.output.preds, np.int64, len(graph.output.preds)),
+            width=cols.width, start=cols.start, count=cols.count, pool=cols.pool[: cols.top],
             level_start=np.cumsum(np.concatenate([[0, 1], sizes, [1]]), dtype=np.int32),
-            group_ids=ids.astype(np.int32), row_stride=row_stride,
-            n_inputs=graph.n_inputs, n_classes=graph.n_classes,
-            n_edges=int(cols.count[ids].sum()) + len(out_preds),
+            group_ids=ids.astype(np.int32), n_inputs=graph.n_inputs,
+            n_classes=graph.n_classes,
         )
 
-    def shape(self, n_tiles: int) -> TableShape:
-        return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=self.row_stride,
+    def shape(self, n_tiles: int, row_stride: int) -> TableShape:
+        return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=row_stride,
                           n_inputs=self.n_inputs, n_classes=self.n_classes,
                           level_start=self.level_start, group_ids=self.group_ids)
 

@@ -12,14 +12,16 @@
 //
 // Inputs. Position 0 is the input, 1..n-2 the groups in level order (order[i-1] is the id at
 // position i, perm[i-1] its rank by id = its stats slot), n-1 the output, whose predecessor
-// ids are out_preds[0..n_out). woff/boff[i-1]: the arena offsets of position i (i >= 1).
-// A predecessor id -1 is the input. Outputs: struct Node records (network.cu) and the
-// preds, succs, succ_node, colmap and tiles tables, laid out exactly as NetTables.build
-// lays them out. Scratch: pos_of_id[id] (the position of a group), n_tiles[i],
-// tile_start[i], cursor[i] (successor records placed so far), totals[4] (columns, tiles,
-// successor records, 0), int64.
+// ids are out_preds[0..n_out). offs[2k], offs[2k+1]: the weight and bias offsets of node
+// id k - 2 (ParamStore.offset_table: the output at k = 0, -1 where no slot). A predecessor
+// id -1 is the input. Outputs: struct Node records (network.cu) and the preds, succs,
+// succ_node, colmap and tiles tables, laid out exactly as NetTables.build lays them out.
+// Scratch: pos_of_id[id] (the position of a group), n_tiles[i], tile_start[i], cursor[i]
+// (successor records placed so far), and totals, int64: columns, tiles, successor records,
+// a node without a slot (0 or 1: the caller zeroes it), floats in a batch row, predecessor
+// entries; the host reads them to size the last tables.
 //   sd_tab_nodes   [1-D over n, block 256]   records: width, n_preds, offsets, relu;
-//                                            pos_of_id; zeroed counters
+//                                            pos_of_id; zeroed counters; totals[3]
 //   sd_tab_edges   [warp per node, block 256] fan_in (sum of predecessor widths), n_tiles,
 //                                            successor counts (atomic)
 //   sd_tab_scan    [1 block of 1024]         exclusive sums: act, pred_start, col_start,
@@ -61,27 +63,32 @@ extern "C" __global__ void sd_tab_nodes(Node* nodes, int n, int n_inputs, int n_
                                         const long long* __restrict__ order,
                                         const long long* __restrict__ width,
                                         const long long* __restrict__ count,
-                                        const long long* __restrict__ woff,
-                                        const long long* __restrict__ boff, int n_out,
-                                        int* pos_of_id, int* cursor) {
+                                        const long long* __restrict__ offs, long long n_offs,
+                                        int n_out, int* pos_of_id, int* cursor,
+                                        long long* totals) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   Node nd = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   if (i == 0) {
     nd.width = n_inputs;
-  } else if (i == n - 1) {
-    nd.width = n_classes;
-    nd.n_preds = n_out;
-    nd.w_off = (int)woff[i - 1];
-    nd.b_off = (int)boff[i - 1];
   } else {
-    const long long id = order[i - 1];
-    nd.width = (int)width[id];
-    nd.n_preds = (int)count[id];
-    nd.w_off = (int)woff[i - 1];
-    nd.b_off = (int)boff[i - 1];
-    nd.relu = 1;
-    pos_of_id[id] = i;
+    const long long id = i == n - 1 ? -2 : order[i - 1];  // -2: the output
+    if (i == n - 1) {
+      nd.width = n_classes;
+      nd.n_preds = n_out;
+    } else {
+      nd.width = (int)width[id];
+      nd.n_preds = (int)count[id];
+      nd.relu = 1;
+      pos_of_id[id] = i;
+    }
+    const long long k = id + 2;
+    if (k < n_offs && offs[2 * k] >= 0) {
+      nd.w_off = (int)offs[2 * k];
+      nd.b_off = (int)offs[2 * k + 1];
+    } else {
+      atomicExch(reinterpret_cast<unsigned long long*>(totals + 3), 1ull);
+    }
   }
   nodes[i] = nd;
   cursor[i] = 0;
@@ -173,8 +180,10 @@ extern "C" __global__ void __launch_bounds__(1024) sd_tab_scan(Node* nodes, int 
                                                                 long long* totals) {
   __shared__ long long warp_sums[32];
   int* f = reinterpret_cast<int*>(nodes);
-  sd_block_exclusive_scan(f + SD_F_WIDTH, 12, f + SD_F_ACT, 12, n, warp_sums);
-  sd_block_exclusive_scan(f + SD_F_N_PREDS, 12, f + SD_F_PRED_START, 12, n, warp_sums);
+  const long long row =
+      sd_block_exclusive_scan(f + SD_F_WIDTH, 12, f + SD_F_ACT, 12, n, warp_sums);
+  const long long edges =
+      sd_block_exclusive_scan(f + SD_F_N_PREDS, 12, f + SD_F_PRED_START, 12, n, warp_sums);
   const long long cols =
       sd_block_exclusive_scan(f + SD_F_FAN_IN, 12, f + SD_F_COL_START, 12, n, warp_sums);
   const long long succs =
@@ -184,7 +193,8 @@ extern "C" __global__ void __launch_bounds__(1024) sd_tab_scan(Node* nodes, int 
     totals[0] = cols;
     totals[1] = tiles;
     totals[2] = succs;
-    totals[3] = 0;
+    totals[4] = row;
+    totals[5] = edges;
   }
 }
 

@@ -174,6 +174,18 @@ def test_tables_built_on_the_device_equal_the_host_build(seed: int) -> None:
         device_tables_equal_host_tables(b, g, p)
 
 
+def test_a_group_without_parameters_is_named() -> None:
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.errors import UnknownGroupError
+
+    rng = np.random.default_rng(4)
+    g = random_dag(rng, 6)
+    p = ParamStore.initialize(g, rng)
+    p.release(g.group_ids()[2])
+    with pytest.raises(UnknownGroupError, match=f"g{g.group_ids()[2]}"):
+        CudaBackend()._rebuild(g, p)
+
+
 def test_tables_built_on_the_device_at_dagbench_m() -> None:
     from streamdag.backends.cuda import CudaBackend
     from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
