@@ -199,8 +199,17 @@ def _record(spec: DagSpec, work: Workload, contender: str, rec: dict[str, Any],
     return out
 
 
+#: mutation batches whose first loss after the change is cross-checked against numpy-serial.
+#: A wrong batch shows at once; later, float32 drift does too: over 10 batches at M (about
+#: 25 steps) the GPU contenders drifted up to 0.8e-3 to 3.6e-3 from numpy-serial (PyTorch's
+#: 0.8e-3 to 3.3e-3) and the streamdag modes up to 1.2e-3 from each other, where over the
+#: first 3 all were within 6e-4 of numpy-serial (H100, 2026-11-24).
+MUTATION_CHECKED = 3
+
+
 def _check_mutation_losses(group: list[dict[str, Any]], rtol: float) -> None:
-    """Cross-check each first loss after a change against numpy-serial's, if it ran."""
+    """Cross-check the first loss after each of the first :data:`MUTATION_CHECKED`
+    changes against numpy-serial's, if it ran."""
     ref = next((r for r in group if r["contender"] == "numpy-serial" and r["status"] == "ok"),
                None)
     if ref is None:
@@ -208,7 +217,8 @@ def _check_mutation_losses(group: list[dict[str, Any]], rtol: float) -> None:
     for r in group:
         if r is ref or r["status"] != "ok":
             continue
-        for k, (a, b) in enumerate(zip(r["losses"], ref["losses"], strict=False)):
+        checked = zip(r["losses"][:MUTATION_CHECKED], ref["losses"], strict=False)
+        for k, (a, b) in enumerate(checked):
             rel = abs(a - b) / max(abs(b), 1e-30)
             if not rel <= rtol:
                 r.update(status="failed", median_ms=None, p10_ms=None, p90_ms=None,

@@ -188,3 +188,16 @@ def test_resolve_spec_labels_overrides_custom() -> None:
     assert spec.preset == "custom" and spec.width == 32 and spec.groups == 1024
     with pytest.raises(ConfigError):
         resolve_spec(None, fan_in=65)
+
+
+def test_mutation_losses_are_checked_over_the_first_batches() -> None:
+    from streamdag.bench.suite import MUTATION_CHECKED, _check_mutation_losses
+
+    ref = {"contender": "numpy-serial", "status": "ok", "losses": [2.0] * 10}
+    late = {"contender": "late", "status": "ok", "median_ms": 1.0,
+            "losses": [2.0] * MUTATION_CHECKED + [2.1] * (10 - MUTATION_CHECKED)}
+    early = {"contender": "early", "status": "ok", "median_ms": 1.0,
+             "losses": [2.0, 2.1] + [2.0] * 8}
+    _check_mutation_losses([ref, late, early], 1e-3)
+    assert late["status"] == "ok"
+    assert early["status"] == "failed" and "batch 1" in early["reason"]
