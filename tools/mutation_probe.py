@@ -1,0 +1,82 @@
+"""Per-batch cost of growing at a dag-bench preset on the GPU (a development probe).
+
+Usage (GPU machine, repo root): ``python3 tools/mutation_probe.py [PRESET] [BATCHES]``
+(default M, 30). For each batch of 8 duplications (``mutation_batch(graph, 1000 + r)``, as
+``streamdag bench --mutation-presets`` draws them): the time to apply it on the host, the
+backend's catch-up (``on_mutation``: the replay and the tables built on the device), the
+first step after it, how many group depths the batch validation's repair changed, and the
+device buffers allocated. Then the medians. The process keeps freed host memory, as the
+``streamdag`` command does. See docs/cuda-backend.md ("The cost of a mutation batch").
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from streamdag.backends.cuda import CudaBackend
+from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
+from streamdag.graph import NetworkGraph
+from streamdag.hostmem import retain_freed_memory
+from streamdag.mutation import MutationQueue
+
+
+def main(preset: str = "M", batches: int = 30) -> None:
+    retain_freed_memory()
+    work = build_workload(resolve_spec(preset))
+    g, p = work.graph, work.params
+    backend = CudaBackend()
+    for _ in range(5):
+        backend.step(g, p, work.x, work.y, lr=0.01)
+    backend.synchronize()
+    allocs: list[str] = []
+    alloc = backend._alloc
+
+    def logged_alloc(name: str, nbytes: int) -> Any:
+        allocs.append(name)
+        return alloc(name, nbytes)
+
+    raised: list[int] = []
+    repair = NetworkGraph._repaired_depths
+
+    def counted(self: NetworkGraph, b: Any) -> Any:
+        out = repair(self, b)
+        raised.append(-1 if out[1] is None else len(out[1]))
+        return out
+
+    backend._alloc = logged_alloc  # type: ignore[method-assign]
+    NetworkGraph._repaired_depths = counted  # type: ignore[method-assign]
+    rows = []
+    for r in range(batches):
+        batch = mutation_batch(g, 1000 + r)
+        backend.synchronize()
+        allocs.clear()
+        raised.clear()
+        t0 = time.perf_counter()
+        queue = MutationQueue()
+        queue.extend(batch)
+        report = queue.apply(g, p)
+        t1 = time.perf_counter()
+        backend.on_mutation(g, p, report)
+        backend.synchronize()
+        t2 = time.perf_counter()
+        backend.step(g, p, work.x, work.y, lr=0.01)
+        backend.synchronize()
+        t3 = time.perf_counter()
+        backend.step(g, p, work.x, work.y, lr=0.01)  # an ordinary step between batches
+        ms = [1e3 * (t3 - t0), 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2)]
+        rows.append(ms)
+        print(f"{r:3d} total {ms[0]:6.2f} apply {ms[1]:5.2f} catch-up {ms[2]:5.2f} "
+              f"step {ms[3]:5.2f} ms; depths raised {sum(raised)}; allocated {allocs}",
+              flush=True)
+    med = np.median(np.array(rows), axis=0)
+    print(f"median: total {med[0]:.2f} apply {med[1]:.2f} catch-up {med[2]:.2f} "
+          f"step {med[3]:.2f} ms")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "M",
+         int(sys.argv[2]) if len(sys.argv) > 2 else 30)
