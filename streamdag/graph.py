@@ -142,6 +142,9 @@ class NetworkGraph:
         self._depth: dict[int, int] | None = None
         self._columns: _Columns | None = None
         self._dirty: set[int] = set()  # ids whose record changed since _columns last saw them
+        #: counts changes to the structure (a rolled-back batch counts too): a reader that saw
+        #: this graph at some version sees the same structure while the version is the same
+        self.version = 0
         # (preds, frozenset(preds)) for the output's last two predecessor tuples; see _set_of
         self._output_sets: list[tuple[tuple[int, ...], frozenset[int]]] = []
 
@@ -522,6 +525,7 @@ class NetworkGraph:
         # A map the repair changed in place is not the one of _begin any more: drop it.
         self._topo, self._depth = b.topo, None if b.depth_changed else b.depth
         self._batch = None
+        self.version += 1
 
     def _open_batch(self) -> _Batch:
         if self._batch is None:
@@ -762,11 +766,13 @@ class NetworkGraph:
 
     def _changed(self, gid: int) -> None:
         self._dirty.add(gid)
+        self.version += 1
         self._topo = self._depth = None  # _invalidate, inlined: called for every change
 
     def _invalidate(self) -> None:
         self._topo = None
         self._depth = None
+        self.version += 1
 
     def copy(self) -> NetworkGraph:
         """An independent copy (groups are immutable, so this is cheap); no open batch."""

@@ -84,6 +84,8 @@ from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable_reason"]
 
+_F32 = np.dtype(np.float32)
+
 MODES = ("persistent", "fused", "graph", "streams")
 BACKWARDS = ("pull", "push")
 KERNEL_FILE = "network.cu"
@@ -227,15 +229,18 @@ class CudaBackend(Backend):
         self._act_capacity = 0       # floats in each activation arena
         self._batch_capacity = 0
         self._hyper: tuple[float, float, float] | None = None
-        # the last training batch uploaded, with the buffers holding it, and the structure
-        # version its input columns were last scattered for
-        self._batch_key: tuple[np.ndarray, np.ndarray, tuple[Any, Any]] | None = None
+        # the last training batch uploaded (shape and dtype, bytes; the labels likewise) with
+        # the buffers holding it, and the structure version its input was last scattered for
+        self._batch_key: tuple[Any, ...] | None = None
         self._scattered = -1
         self._generation = 0
         self._params: ParamStore | None = None
         self._configs: dict[tuple[Any, ...], Any] = {}
         self._last_batch = 0
         self._graph_n: tuple[Any, ...] = ()
+        self._graph: NetworkGraph | None = None
+        # the persistent step's launches (kernel, config, args) and what they were made for
+        self._step_launches: tuple[Any, ...] | None = None
         self._device_newer = False   # the device holds values the host store has not seen
         self._wt_stale = True        # weight_t (W^T per node) must be rebuilt from weight
         # growth scores (ScoreTracker): decays while tracking; the group ids the EMA buffers
@@ -328,10 +333,10 @@ class CudaBackend(Backend):
     # ------------------------------------------------------------------ preparation
     def _prepare(self, graph: NetworkGraph, params: ParamStore, x: np.ndarray,
                  y: np.ndarray | None) -> int:
-        if params.dtype != np.dtype(np.float32):
+        if params.dtype != _F32:
             raise ConfigError(f"the cuda backend trains float32 parameters, got {params.dtype}")
-        if self._tables is None or self._params is not params or self._graph_n != (
-                graph.next_id, len(graph), graph.output.preds, params.moved_version):
+        if (self._tables is None or self._params is not params or self._graph is not graph
+                or self._graph_n != (graph.version, params.moved_version)):
             self._rebuild(graph, params)
         if self._layout != (id(params), params.layout_version):
             if self._params is params and self._device_newer and self._layout is not None:
@@ -348,12 +353,17 @@ class CudaBackend(Backend):
             raise DataError(f"expected {batch} labels, got shape {y.shape}")
         self._ensure_batch(batch)
         self._last_batch = batch
+        # the batch of the last step, if it is this one (same dtype, shape and bytes: a
+        # bytes comparison costs half of np.array_equal's, and a step's host work before its
+        # first launch is time the GPU waits)
         key, held = self._batch_key, (self._bufs["x"], self._bufs["labels"])
         if y is None or key is None or not (
-                key[2][0] is held[0] and key[2][1] is held[1] and key[0].shape == x.shape
-                and np.array_equal(key[0], x) and np.array_equal(key[1], y)):
+                key[4][0] is held[0] and key[4][1] is held[1] and key[0] == (x.shape, x.dtype)
+                and key[2] == (y.shape, y.dtype) and key[1] == x.tobytes()
+                and key[3] == y.tobytes()):
             self._upload_batch(np.ascontiguousarray(x, dtype=np.float32), y)
-            self._batch_key = None if y is None else (x.copy(), y.copy(), held)
+            self._batch_key = None if y is None else (
+                (x.shape, x.dtype), x.tobytes(), (y.shape, y.dtype), y.tobytes(), held)
         elif self._scattered != self._structure:  # same batch, on the device already
             self._scatter_input(batch, graph.n_inputs)
         return batch
@@ -377,9 +387,9 @@ class CudaBackend(Backend):
                 params.offsets(np.append(inp.order, OUTPUT))
                 raise BackendError("a node has no parameter slot")
             t = shape
-        # what a step compares to know the tables still hold: the structure, and the slots
-        # (only a compaction moves them outside a batch, which on_mutation rebuilds after)
-        self._graph_n = (graph.next_id, len(graph), graph.output.preds, params.moved_version)
+        # what a step compares to know the tables still hold: the graph and its version, and
+        # the slots (only a compaction moves them outside a batch; on_mutation rebuilds after)
+        self._graph, self._graph_n = graph, (graph.version, params.moved_version)
         self._structure += 1
         self._tables = t
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
@@ -768,9 +778,30 @@ class CudaBackend(Backend):
                          self._cfg(grid, block, shmem), kernel, args)
 
     def _launch_persistent(self, batch: int, *, forward_only: bool) -> None:
-        t = self._tables
-        assert t is not None
         self._refresh_weight_t()
+        launches = self._persistent_launches(batch, forward_only)
+        launch, stream = self._drv.launch, self.stream
+        for kernel, cfg, args in launches:
+            launch(stream, cfg, kernel, args)
+
+    #: the buffers the persistent step's launches name ("trace" only while a probe set it)
+    _STEP_BUFFERS = ("nodes", "preds", "colmap", "succs", "succ_node", "level_start", "weight",
+                     "bias", "act", "dh", "dz", "labels", "loss_rows", "correct_rows", "trace",
+                     "weight_t", "tiles", "weight_mom", "bias_mom", "hyper", "grad_std",
+                     "act_mean", "loss", "correct")
+
+    def _persistent_launches(self, batch: int, forward_only: bool) -> list[tuple[Any, ...]]:
+        """``(kernel, config, args)`` of each launch of a persistent step, made once for the
+        tables, the batch size and the buffers they name: a step's host work before its first
+        launch is time the GPU waits (~60 µs at M before, of a 1.9 ms step). The cache holds
+        the buffers themselves, so a buffer replaced since is never taken for the old one."""
+        t, bufs = self._tables, self._bufs
+        assert t is not None
+        held = tuple(bufs.get(name) for name in self._STEP_BUFFERS)
+        c = self._step_launches
+        if (c is not None and c[0] is t and c[1] == (batch, forward_only, self._flow_smem)
+                and all(a is b for a, b in zip(c[2], held, strict=True))):
+            return c[3]
         rows = self._rows_per_block or max(1, math.ceil(batch / self._n_sms))
         n_nodes = t.n_nodes
         partials = (self._step_threads // 32) * rows * t.n_classes * 4
@@ -786,33 +817,42 @@ class CudaBackend(Backend):
                 self._flow_smem = flow_smem
             except StreamDagError:  # too many nodes for the flags: level barriers instead
                 pass
+        grid, block = (math.ceil(batch / rows),), (self._step_threads,)
+        launches: list[tuple[Any, ...]]
         if self._dataflow and flow_smem <= self._flow_smem:
-            self._launch(self._k["sd_step_flow"], (math.ceil(batch / rows),),
-                         (self._step_threads,),
-                         flow_smem, self._b("nodes"), self._b("preds"), self._b("colmap"),
-                         self._b("succs"), self._b("succ_node"), np.int32(n_nodes), *common,
-                         *tail, self._bufs.get("trace", 0), self._b("weight_t"))
+            launches = [(self._k["sd_step_flow"], self._cfg(grid, block, flow_smem), (
+                self._b("nodes"), self._b("preds"), self._b("colmap"), self._b("succs"),
+                self._b("succ_node"), np.int32(n_nodes), *common, *tail,
+                bufs.get("trace") or 0, self._b("weight_t")))]
         else:  # level-synchronous: flags would not fit in shared memory
-            self._launch(self._k["sd_step_rows"], (math.ceil(batch / rows),),
-                         (self._step_threads,),
-                         partials if split else 0, self._b("nodes"), self._b("colmap"),
-                         self._b("succs"), self._b("level_start"),
-                         np.int32(t.n_levels), *common, *tail)
+            launches = [(self._k["sd_step_rows"], self._cfg(grid, block,
+                                                            partials if split else 0), (
+                self._b("nodes"), self._b("colmap"), self._b("succs"), self._b("level_start"),
+                np.int32(t.n_levels), *common, *tail))]
         if not forward_only:
-            self._launch_update(self.stream, batch)
+            launches += self._update_launches(batch)
+        held = tuple(bufs.get(name) for name in self._STEP_BUFFERS)  # after any allocation
+        self._step_launches = (t, (batch, forward_only, self._flow_smem), held, launches)
+        return launches
 
-    def _launch_update(self, stream: Any, batch: int) -> None:
+    def _update_launches(self, batch: int) -> list[tuple[Any, ...]]:
+        """``(kernel, config, args)`` of the weight update and the loss reduction."""
         t = self._tables
         assert t is not None
-        self._launch(self._k["sd_wgrad_update"], (t.n_tiles,), (WG_THREADS,), 0,
-            self._b("nodes"), self._b("tiles"), self._b("colmap"), self._b("weight"),
-            self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
-            self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
-            np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"),
-            self._b("weight_t"), stream=stream)
-        self._launch(self._k["sd_reduce_loss"], (1,), (256,), 0,
-            self._b("loss_rows"), self._b("correct_rows"), np.int32(batch), self._b("loss"),
-            self._b("correct"), stream=stream)
+        return [
+            (self._k["sd_wgrad_update"], self._cfg((t.n_tiles,), (WG_THREADS,)), (
+                self._b("nodes"), self._b("tiles"), self._b("colmap"), self._b("weight"),
+                self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
+                self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
+                np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"),
+                self._b("weight_t"))),
+            (self._k["sd_reduce_loss"], self._cfg((1,), (256,)), (
+                self._b("loss_rows"), self._b("correct_rows"), np.int32(batch),
+                self._b("loss"), self._b("correct")))]
+
+    def _launch_update(self, stream: Any, batch: int) -> None:
+        for kernel, cfg, args in self._update_launches(batch):
+            self._drv.launch(stream, cfg, kernel, args)
 
     def _launch_levels(self, stream: Any, batch: int) -> None:
         """The ``fused`` sequence: one grouped launch per level and phase."""

@@ -213,3 +213,21 @@ def test_copies_do_not_share_changes() -> None:
     assert_caches_fresh(g)
     assert_caches_fresh(c)
     assert len(c) == len(g) + 8
+
+
+def test_the_version_counts_every_change_and_rollback_but_not_reads() -> None:
+    from streamdag.errors import StreamDagError
+    from streamdag.mutation import Connect, DuplicateDepth, apply_mutations
+    from streamdag.params import ParamStore
+
+    g = NetworkGraph.chain(n_inputs=4, n_classes=3, widths=[5, 6, 7])
+    p = ParamStore.initialize(g, np.random.default_rng(0))
+    v = g.version
+    g.levels(), g.depths(), g.level_arrays(), g.id_columns(), g.validate()
+    assert g.version == v
+    apply_mutations(g, p, [DuplicateDepth(1)])
+    assert g.version > v
+    v = g.version
+    with pytest.raises(StreamDagError):  # a cycle: refused, rolled back
+        apply_mutations(g, p, [Connect(2, 0)])
+    assert g.version > v  # a reader that saw the batch's changes must look again
