@@ -911,7 +911,12 @@ class CudaBackend(Backend):
         spec = {name: KernelSpec.from_source(KERNEL_FILE, name) for name in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_wgrad_update",
             "sd_reduce_loss")}
-        i32, b = np.int32, Buf
+        i32 = np.int32
+        bufs: dict[str, Buf] = {}  # one Buf per name, shared by the tasks that name it
+
+        def b(name: str) -> Buf:
+            return bufs.get(name) or bufs.setdefault(name, Buf(name))
+
         common = (i32(batch), i32(t.row_stride))
         n, out = len(t.nodes), len(t.nodes) - 1
         fwd_grid, bwd_grid = (1, math.ceil(batch / FWD_ROWS)), (1, math.ceil(batch / BWD_ROWS))

@@ -20,6 +20,7 @@ and :class:`~streamdag.errors.TaskCycleError`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -119,9 +120,12 @@ class LaunchShape:
         Raises:
             LaunchConfigError: a dimension below 1 or past a limit.
         """
-        shape = cls(_dims(grid, "grid"), _dims(block, "block"), int(shmem_bytes))
-        shape.check(limits)
-        return shape
+        try:  # a task graph asks for the same few shapes thousands of times
+            return _shape_of(grid, block, shmem_bytes, limits)
+        except TypeError:  # unhashable dims (a list): made and checked afresh
+            shape = cls(_dims(grid, "grid"), _dims(block, "block"), int(shmem_bytes))
+            shape.check(limits)
+            return shape
 
     def check(self, limits: DeviceLimits = DEFAULT_LIMITS) -> None:
         """Raise :class:`LaunchConfigError` if this shape exceeds ``limits``."""
@@ -139,6 +143,16 @@ class LaunchShape:
             raise LaunchConfigError(
                 f"dynamic shared memory {self.shmem_bytes} B is outside 0..{limits.shmem_bytes} B"
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_of(grid: int | tuple[int, ...], block: int | tuple[int, ...], shmem_bytes: int,
+              limits: DeviceLimits) -> LaunchShape:
+    """:meth:`LaunchShape.of` for hashable arguments, remembered (shapes are immutable;
+    a shape past the limits raises, and is not remembered)."""
+    shape = LaunchShape(_dims(grid, "grid"), _dims(block, "block"), int(shmem_bytes))
+    shape.check(limits)
+    return shape
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,8 @@ class KernelSpec:
     params: tuple[str, ...]
     grouped: bool = False
     ref: Callable[..., None] | None = field(default=None, compare=False)
+    _types: tuple[type, ...] = field(init=False, compare=False, repr=False)
+    """The argument type each parameter takes exactly (``Buf`` for a pointer)."""
 
     def __post_init__(self) -> None:
         for p in self.params:
@@ -169,6 +185,8 @@ class KernelSpec:
                     f"kernel {self.name}: parameter type {p!r} is not supported "
                     f"(pointers or one of {sorted(SCALAR_TYPES)})"
                 )
+        object.__setattr__(self, "_types", tuple(
+            Buf if p.endswith("*") else SCALAR_TYPES[p] for p in self.params))
 
     @classmethod
     def from_source(
@@ -185,6 +203,8 @@ class KernelSpec:
 
     def check_args(self, args: tuple[Any, ...]) -> None:
         """Raise :class:`KernelArgumentError` unless ``args`` pack exactly as declared."""
+        if tuple(map(type, args)) == self._types:  # the usual case, in one comparison
+            return
         if len(args) != len(self.params):
             raise KernelArgumentError(
                 f"kernel {self.name} takes {len(self.params)} arguments, got {len(args)}"
@@ -358,6 +378,10 @@ class TaskGraph:
         return self._add(TaskSpec(name, tuple(args), fn=fn, fuse_key=fuse_key, cost=cost))
 
     def _add_edge(self, src: Task | str, dst: Task | str) -> None:
+        if type(src) is Task and type(dst) is Task and src._graph is self is dst._graph:
+            self._version += 1  # the usual case: two tasks of this graph
+            self._succ[src.index][dst.index] = None
+            return
         for t in (src, dst):
             if isinstance(t, Task) and (t._graph is not self):
                 raise UnknownTaskError(f"task {t.name!r} belongs to another task graph")

@@ -172,6 +172,14 @@ def test_launch_shape_pads_dims() -> None:
     assert LaunchShape.of(4, (128, 2)) == LaunchShape((4, 1, 1), (128, 2, 1), 0)
 
 
+def test_launch_shapes_are_remembered_and_lists_and_bad_shapes_still_work() -> None:
+    assert LaunchShape.of((4, 2), 128) is LaunchShape.of((4, 2), 128)  # made once
+    assert LaunchShape.of([4, 2], [128]) == LaunchShape.of((4, 2), 128)  # unhashable dims
+    for _ in range(2):  # a shape past the limits raises every time, never remembered
+        with pytest.raises(LaunchConfigError, match="block.x"):
+            LaunchShape.of(1, 1025)
+
+
 def test_fusion_groups_same_level_same_key() -> None:
     tg = TaskGraph()
     src = tg.host("src", lambda: None)
