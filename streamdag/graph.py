@@ -360,8 +360,8 @@ class NetworkGraph:
 
         Built from per-id columns that only the groups changed since the last call update.
         """
-        cols = self._fresh_columns()
-        depth = cols.sync_depths(self._depth_map())
+        cols = self.id_columns()
+        depth = cols.depth
         ids = np.flatnonzero(cols.alive)  # by id; a stable sort by depth keeps that in ties
         key = depth[ids]
         if len(cols.alive) <= 1 << 16:  # a depth <= groups < len(alive): radix-sorted 16 bits

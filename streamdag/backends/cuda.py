@@ -276,6 +276,7 @@ class CudaBackend(Backend):
         if x.ndim != 2 or x.shape[1] != graph.n_inputs:
             raise DataError(f"expected inputs of shape (n, {graph.n_inputs}), got {x.shape}")
         batch = self._prepare(graph, params, x, None)
+        self._refresh_weight_t()
         self._launch_persistent(batch, forward_only=True)
         t = self._tables
         assert t is not None
@@ -778,7 +779,6 @@ class CudaBackend(Backend):
                          self._cfg(grid, block, shmem), kernel, args)
 
     def _launch_persistent(self, batch: int, *, forward_only: bool) -> None:
-        self._refresh_weight_t()
         launches = self._persistent_launches(batch, forward_only)
         launch, stream = self._drv.launch, self.stream
         for kernel, cfg, args in launches:
@@ -831,7 +831,6 @@ class CudaBackend(Backend):
                 np.int32(t.n_levels), *common, *tail))]
         if not forward_only:
             launches += self._update_launches(batch)
-        held = tuple(bufs.get(name) for name in self._STEP_BUFFERS)  # after any allocation
         self._step_launches = (t, (batch, forward_only, self._flow_smem), held, launches)
         return launches
 

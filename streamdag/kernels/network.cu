@@ -44,7 +44,6 @@
 #endif
 #define SD_FWD_ROWS 8
 #define SD_BWD_ROWS 8
-#define SD_WG_THREADS 256
 #ifndef SD_WG_ROWCHUNK  // batch rows staged per round by the weight-gradient kernel
 #define SD_WG_ROWCHUNK 64
 #endif
@@ -241,10 +240,8 @@ extern "C" __global__ void sd_gather_output(const float* act, float* out, int ou
 // (for groups, stats slot >= 0) the statistics. Rows are streamed through shared memory in
 // chunks of SD_WG_ROWCHUNK: x (gathered through colmap) and dz; the first tile folds dz into
 // per-thread bias partials and dh, h into the statistics as it stages them.
-// Host guarantees tc <= SD_WG_XCOLS and min(width, 64) * ceil(tc / 2) <= SD_WG_THREADS.
-#ifndef SD_WG_XCOLS  // columns of a weight-gradient tile at most (tables.WG_XCOLS)
-#define SD_WG_XCOLS 32
-#endif
+// Host guarantees tc <= SD_WG_XCOLS and min(width, 64) * ceil(tc / 2) <= SD_WG_THREADS
+// (both in node.cuh).
 extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     const Node* __restrict__ nodes, const int4* __restrict__ tiles,
     const int* __restrict__ colmap, float* weight, float* bias, float* weight_mom,

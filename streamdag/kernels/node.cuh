@@ -1,6 +1,13 @@
-// node.cuh — struct Node, one record of the node tables (NetTables.nodes in
-// streamdag/backends/tables.py, NODE_FIELDS ints): read by network.cu, built by tables.cu.
+// node.cuh — the layout of the node tables (streamdag/backends/tables.py), read by
+// network.cu and built by tables.cu: struct Node, one record (NetTables.nodes, NODE_FIELDS
+// ints), and the shape of a weight-gradient tile (NetTables.tiles): the threads of its
+// block and its columns at most (tables.WG_THREADS, WG_XCOLS).
 #pragma once
+
+#define SD_WG_THREADS 256
+#ifndef SD_WG_XCOLS
+#define SD_WG_XCOLS 32
+#endif
 
 struct Node {
   int width, fan_in, w_off, b_off;

@@ -34,8 +34,6 @@
 
 #include "node.cuh"  // struct Node
 
-#define SD_WG_THREADS 256
-#define SD_WG_XCOLS 32
 
 // columns of a weight-gradient tile of a node of this width (NetTables' _PER_TILE)
 __device__ __forceinline__ int sd_per_tile(int width) {
