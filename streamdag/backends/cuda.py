@@ -92,6 +92,9 @@ KERNEL_FILE = "network.cu"
 FWD_ROWS = 8      # SD_FWD_ROWS
 BWD_ROWS = 8      # SD_BWD_ROWS
 LEVEL_THREADS = 128
+TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block
+TILE_THREADS = 256  # SD_TILE_THREADS
+SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 STEP_THREADS = 512  # default SD_STEP_THREADS
 SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 # struct SdParamOp and enum SdOpKind in kernels/growth.cu
@@ -200,6 +203,7 @@ class CudaBackend(Backend):
         module = kernels.load(KERNEL_FILE, self.gpu, defines=[f"SD_STEP_THREADS={step_threads}"])
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
+            "sd_forward_tiled", "sd_splitk_finish", "sd_backward_tiled",
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
             "sd_transpose_weights",
             "sd_scatter_input",
@@ -263,8 +267,10 @@ class CudaBackend(Backend):
         elif self.mode == "streams":
             self._launch_streams(batch)
         elif self.mode == "fused":
+            self._ensure_split_buffer(batch)
             self._launch_levels(self.stream, batch)
         else:
+            self._ensure_split_buffer(batch)
             self._launch_graph(batch)
         if self._ema_decays is not None:
             self._launch_ema_update()
@@ -853,31 +859,63 @@ class CudaBackend(Backend):
         for kernel, cfg, args in self._update_launches(batch):
             self._drv.launch(stream, cfg, kernel, args)
 
+    def _splits(self) -> int:
+        """Blocks the output's forward splits its input columns over (``SPLIT_COLS`` each)."""
+        t = self._tables
+        assert t is not None
+        return math.ceil(t.out_fan_in / SPLIT_COLS)
+
+    def _ensure_split_buffer(self, batch: int) -> None:
+        """The split-K partials of the output's forward (before a capture: no allocation
+        may happen inside one)."""
+        t = self._tables
+        assert t is not None
+        if self._splits() > 1:
+            self._buf("split_part", 4 * self._splits() * batch * t.n_classes)
+
     def _launch_levels(self, stream: Any, batch: int) -> None:
-        """The ``fused`` sequence: one grouped launch per level and phase."""
+        """The ``fused`` sequence: one grouped launch per level and phase (the tiled level
+        kernels; the output's forward split over its columns), then the update."""
         t = self._tables
         assert t is not None
         common = (np.int32(batch), np.int32(t.row_stride))
         starts = t.level_start.tolist()
-        fwd_rows, bwd_rows = math.ceil(batch / FWD_ROWS), math.ceil(batch / BWD_ROWS)
-        for lv in range(1, t.n_levels):
-            s, n = starts[lv], starts[lv + 1] - starts[lv]
-            self._launch(self._k["sd_forward"], (n, fwd_rows), (LEVEL_THREADS,), 0,
-                self._b("nodes"), self._b("colmap"), np.int32(s),
-                self._b("weight"), self._b("bias"), self._b("act"), *common, stream=stream)
+        tiles = math.ceil(batch / TILE_ROWS)
         out = t.n_levels - 1
+        for lv in range(1, out):
+            s, n = starts[lv], starts[lv + 1] - starts[lv]
+            self._launch(self._k["sd_forward_tiled"], (n, tiles), (TILE_THREADS,), 0,
+                         self._b("nodes"), self._b("colmap"), np.int32(s),
+                         self._b("weight_t"), self._b("bias"), self._b("act"), *common, 0,
+                         np.int32(0), stream=stream)
+        splits, o = self._splits(), np.int32(starts[out])
+        if splits > 1:
+            self._launch(self._k["sd_forward_tiled"], (1, tiles, splits), (TILE_THREADS,), 0,
+                         self._b("nodes"), self._b("colmap"), o, self._b("weight_t"),
+                         self._b("bias"), self._b("act"), *common, self._b("split_part"),
+                         np.int32(SPLIT_COLS), stream=stream)
+            self._launch(self._k["sd_splitk_finish"],
+                         (math.ceil(batch * t.n_classes / 256),), (256,), 0,
+                         self._b("nodes"), o, self._b("split_part"), np.int32(splits),
+                         self._b("bias"), self._b("act"), *common, stream=stream)
+        else:
+            self._launch(self._k["sd_forward_tiled"], (1, tiles), (TILE_THREADS,), 0,
+                         self._b("nodes"), self._b("colmap"), o, self._b("weight_t"),
+                         self._b("bias"), self._b("act"), *common, 0, np.int32(0),
+                         stream=stream)
         self._launch(self._k["sd_softmax_xent"], (math.ceil(batch / 128),), (128,), 0,
-                     self._b("nodes"), np.int32(starts[out]), self._b("act"), self._b("dh"),
+                     self._b("nodes"), o, self._b("act"), self._b("dh"),
                      self._b("dz"), self._b("labels"), self._b("loss_rows"),
                      self._b("correct_rows"), *common, stream=stream)
         if self.backward == "pull":
             for lv in range(out - 1, 0, -1):
                 s, n = starts[lv], starts[lv + 1] - starts[lv]
-                self._launch(self._k["sd_backward_pull"], (n, bwd_rows), (LEVEL_THREADS,), 0,
-                    self._b("nodes"), self._b("succs"), np.int32(s),
-                    self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"), *common,
-                    stream=stream)
+                self._launch(self._k["sd_backward_tiled"], (n, tiles), (TILE_THREADS,), 0,
+                             self._b("nodes"), self._b("succs"), np.int32(s),
+                             self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"),
+                             *common, stream=stream)
         else:
+            bwd_rows = math.ceil(batch / BWD_ROWS)
             self.gpu.memset(self._b("dh"), 0, nbytes=4 * batch * t.row_stride, stream=stream)
             for lv in range(out, 0, -1):
                 s, n = starts[lv], starts[lv + 1] - starts[lv]

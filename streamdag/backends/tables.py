@@ -69,7 +69,7 @@ class NetTables:
         return TableShape(n_nodes=len(self.nodes), n_tiles=len(self.tiles),
                           row_stride=self.row_stride, n_inputs=int(self.nodes[0, 0]),
                           n_classes=int(self.nodes[-1, 0]), level_start=self.level_start,
-                          group_ids=self.group_ids)
+                          group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]))
 
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
@@ -179,6 +179,7 @@ class TableShape:
         row_stride: floats per batch row of the activation arenas.
         n_inputs, n_classes: the widths of the input (node 0) and the output (the last).
         level_start, group_ids: as in :class:`NetTables`.
+        out_fan_in: the output's input columns (the level kernels split them over blocks).
     """
 
     n_nodes: int
@@ -188,6 +189,7 @@ class TableShape:
     n_classes: int
     level_start: np.ndarray
     group_ids: np.ndarray
+    out_fan_in: int
 
     @property
     def n_levels(self) -> int:
@@ -260,9 +262,11 @@ class TableInputs:
         )
 
     def shape(self, n_tiles: int, row_stride: int) -> TableShape:
+        w_ext = np.append(self.width, self.n_inputs)  # INPUT (-1) reads the last
         return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=row_stride,
                           n_inputs=self.n_inputs, n_classes=self.n_classes,
-                          level_start=self.level_start, group_ids=self.group_ids)
+                          level_start=self.level_start, group_ids=self.group_ids,
+                          out_fan_in=int(w_ext.take(self.out_preds).sum()))
 
 
 def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:

@@ -18,11 +18,15 @@
 //
 // Nodes are stored level by level, so a level is the index range [level_start[l],
 // level_start[l+1]). Kernels (launch shapes in brackets; "slice" = nodes start..start+count):
-//   sd_forward        [grid (count, ceil(B/FWD_ROWS)), block 128]  forward of a slice
+//   sd_forward        [grid (count, ceil(B/FWD_ROWS)), block 128]  forward of a slice (streams)
 //   sd_softmax_xent   [grid ceil(B/128), block 128]             loss rows, dz of the output
-//   sd_backward_pull  [grid (count, ceil(B/BWD_ROWS)), block 128] dh, dz of a slice (gather)
-//   sd_backward_push  [same]   dz of a slice from its complete dh, then atomicAdd dz·W into
-//                              the predecessors' dh (dh must be zeroed first)
+//   sd_backward_pull  [grid (count, ceil(B/BWD_ROWS)), block 128] dh, dz of a slice (gather;
+//                     streams)
+//   sd_forward_tiled  [grid (count, ceil(B/32), splits), block 256]  the same, tiled (fused and
+//                     graph modes; the output split over its columns, then sd_splitk_finish)
+//   sd_backward_tiled [grid (count, ceil(B/32)), block 256]  sd_backward_pull, tiled
+//   sd_backward_push  [grid (count, ceil(B/BWD_ROWS)), block 128]  dz of a slice from its
+//                     complete dh, then atomicAdd dz·W into the predecessors' dh (zeroed first)
 //   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
 //   sd_transpose_weights [grid n_nodes - 1, block 256]  weight_t from weight (after a mutation)
 //   sd_reduce_loss    [grid 1, block 256]               mean loss and correct count
@@ -130,6 +134,182 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
     if (b >= batch) break;
     float* row = act + (long long)b * row_stride;
     row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
+  }
+}
+
+// ---------------------------------------------------------------- tiled level kernels
+// The fused and graph modes' forward and pull backward: a block computes one node for
+// SD_TR batch rows, staging what every thread reads in shared memory — a chunk of SD_TK
+// input columns of those rows (gathered once through colmap) and the matching rows of W^T
+// (forward), or a successor's dz rows and the slice of its W that reads the node (pull) —
+// so a weight is loaded once per SD_TR rows instead of once per (row, neuron). Outputs go
+// in chunks of 64 neurons; thread t owns neuron o0 + t % n and rows t / n + j * (256 / n)
+// of the tile (n = the chunk's width), one accumulator each, summed in column order.
+#define SD_TR 32
+#define SD_TK 64
+#define SD_TILE_THREADS 256
+#define SD_TILE_ITEMS 8  // rows per thread at most: 256 / 64 = 4 row groups, 32 rows
+#ifndef SD_TILE_MINB  // blocks per SM the tiled kernels' registers must allow
+#define SD_TILE_MINB 4
+#endif
+
+// acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c * x_col], in c order,
+// for the NJ rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their
+// sums are never stored). Two shared loads or fewer per FMA: the weight is loaded once for
+// the NJ rows.
+template <int NJ>
+__device__ __forceinline__ void sd_tile_fma(float* acc, const float* w, int w_stride,
+                                            const float* x, int x_row, int x_col, int r0,
+                                            int groups, int nb, int kc) {
+  const float* xr[NJ];
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) xr[j] = x + min(r0 + j * groups, nb - 1) * x_row;
+  int c = 0;
+  for (; c + 4 <= kc; c += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const float wv = w[(c + u) * w_stride];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][(c + u) * x_col], acc[j]);
+    }
+  }
+  for (; c < kc; ++c) {
+    const float wv = w[c * w_stride];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][c * x_col], acc[j]);
+  }
+}
+
+// Forward of nodes start + blockIdx.x, rows blockIdx.y * SD_TR.. (+SD_TR). With part null:
+// every column, then bias and ReLU into act. Otherwise (split-K, the output's thousands of
+// columns) columns [blockIdx.z * split_cols, +split_cols), raw sums into
+// part[(blockIdx.z * batch + b) * width + o], added up by sd_splitk_finish.
+// [grid (count, ceil(B/SD_TR), splits), block SD_TILE_THREADS]
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_forward_tiled(
+    const Node* __restrict__ nodes, const int* __restrict__ colmap, int start,
+    const float* __restrict__ weight_t, const float* __restrict__ bias, float* act,
+    int batch, int row_stride, float* part, int split_cols) {
+  __shared__ float xs[SD_TR][SD_TK + 1];
+  __shared__ float ws[SD_TK * 64];
+  __shared__ int cm[SD_TK];
+  const Node nd = nodes[start + blockIdx.x];
+  const int b0 = blockIdx.y * SD_TR, nb = min(SD_TR, batch - b0);
+  const int c_begin = part ? blockIdx.z * split_cols : 0;
+  const int c_end = part ? min(nd.fan_in, c_begin + split_cols) : nd.fan_in;
+  const int t = threadIdx.x;
+  for (int o0 = 0; o0 < nd.width; o0 += 64) {
+    const int n = min(64, nd.width - o0), groups = SD_TILE_THREADS / n;
+    const int o = o0 + t % n, r0 = t / n;
+    const bool active = t < groups * n;
+    float acc[SD_TILE_ITEMS];
+#pragma unroll
+    for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
+    for (int c0 = c_begin; c0 < c_end; c0 += SD_TK) {
+      const int kc = min(SD_TK, c_end - c0);
+      __syncthreads();  // the previous chunk's reads are done
+      if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
+      for (int i = t; i < kc * n; i += SD_TILE_THREADS) {
+        const int c = i / n, k = i % n;
+        ws[c * 64 + k] = __ldg(weight_t + nd.w_off + (long long)(c0 + c) * nd.width + o0 + k);
+      }
+      __syncthreads();
+      for (int i = t; i < nb * kc; i += SD_TILE_THREADS) {
+        const int r = i / kc, c = i % kc;
+        xs[r][c] = act[(long long)(b0 + r) * row_stride + cm[c]];
+      }
+      __syncthreads();
+      if (active) {
+        const int nj = (nb - r0 + groups - 1) / groups;  // this thread's rows in the tile
+        if (nj > 4) sd_tile_fma<8>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
+        else if (nj > 2) sd_tile_fma<4>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
+        else if (nj > 1) sd_tile_fma<2>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
+        else if (nj > 0) sd_tile_fma<1>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
+      }
+    }
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < SD_TILE_ITEMS; ++j) {
+        const int r = r0 + j * groups;
+        if (r >= nb) continue;
+        if (part) {
+          part[((long long)blockIdx.z * batch + b0 + r) * nd.width + o] = acc[j];
+        } else {
+          const float z = __ldg(bias + nd.b_off + o) + acc[j];
+          act[(long long)(b0 + r) * row_stride + nd.act + o] = nd.relu ? fmaxf(z, 0.f) : z;
+        }
+      }
+    }
+  }
+}
+
+// act of node `node` from sd_forward_tiled's split-K partials: bias + the splits' sums in
+// split order (ReLU unless the output). [grid ceil(B*width/256), block 256]
+extern "C" __global__ void sd_splitk_finish(const Node* __restrict__ nodes, int node,
+                                            const float* __restrict__ part, int splits,
+                                            const float* __restrict__ bias, float* act,
+                                            int batch, int row_stride) {
+  const Node nd = nodes[node];
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)batch * nd.width) return;
+  const int b = (int)(i / nd.width), o = (int)(i % nd.width);
+  float z = 0.f;
+  for (int s = 0; s < splits; ++s) z += part[((long long)s * batch + b) * nd.width + o];
+  z += __ldg(bias + nd.b_off + o);
+  act[(long long)b * row_stride + nd.act + o] = nd.relu ? fmaxf(z, 0.f) : z;
+}
+
+// Pull backward of nodes start + blockIdx.x, rows blockIdx.y * SD_TR..: dh from the
+// successors' dz (successor by successor in edge order, each one's neurons in order), then
+// dz = dh where h > 0. [grid (count, ceil(B/SD_TR)), block SD_TILE_THREADS]
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_backward_tiled(
+    const Node* __restrict__ nodes, const int4* __restrict__ succs, int start,
+    const float* __restrict__ weight, const float* act, float* dh, float* dz, int batch,
+    int row_stride) {
+  __shared__ float ds[SD_TR][64 + 1];
+  __shared__ float ws[64 * 64];
+  const Node nd = nodes[start + blockIdx.x];
+  const int b0 = blockIdx.y * SD_TR, nb = min(SD_TR, batch - b0);
+  const int t = threadIdx.x;
+  for (int k0 = 0; k0 < nd.width; k0 += 64) {
+    const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
+    const int k = k0 + t % n, r0 = t / n;
+    const bool active = t < groups * n;
+    float acc[SD_TILE_ITEMS];
+#pragma unroll
+    for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
+    for (int si = 0; si < nd.n_succs; ++si) {
+      const int4 sc = __ldg(succs + nd.succ_start + si);  // act, w_off of our column 0, width, fan_in
+      for (int q0 = 0; q0 < sc.z; q0 += 64) {
+        const int m = min(64, sc.z - q0);
+        __syncthreads();
+        for (int i = t; i < nb * m; i += SD_TILE_THREADS) {
+          const int r = i / m, q = i % m;
+          ds[r][q] = dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q];
+        }
+        for (int i = t; i < m * n; i += SD_TILE_THREADS) {
+          const int q = i / n, kk = i % n;
+          ws[q * 64 + kk] = __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
+        }
+        __syncthreads();
+        if (active) {
+          const int nj = (nb - r0 + groups - 1) / groups;
+          if (nj > 4) sd_tile_fma<8>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
+          else if (nj > 2) sd_tile_fma<4>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
+          else if (nj > 1) sd_tile_fma<2>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
+          else if (nj > 0) sd_tile_fma<1>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
+        }
+      }
+    }
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < SD_TILE_ITEMS; ++j) {
+        const int r = r0 + j * groups;
+        if (r >= nb) continue;
+        const long long i = (long long)(b0 + r) * row_stride + nd.act + k;
+        dh[i] = acc[j];
+        dz[i] = act[i] > 0.f ? acc[j] : 0.f;
+      }
+    }
   }
 }
 

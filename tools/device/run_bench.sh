@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the full dag-bench on a GPU machine in one call: presets S, M, L, the mutation benchmark
+# Runs the full dag-bench on a GPU machine in one call: presets S, M, L and wide (4 layers x 1,024 groups), the mutation benchmark
 # (S and M) and the scaling sweep (G 256..16384 at W=16, W 4..64 at G=1024), every contender in
 # one process. Writes results.json, results.md, scaling_*.png, gpu.txt and bench.log to $OUT
 # (default /tmp/streamdag-bench). Exit status: the benchmark's.
@@ -23,7 +23,7 @@ source tools/device/env.sh
 # 3.2e-4 in the 3rd-step loss at M (lr 0.01 makes the loss rise ~20% in 3 steps and ReLU mask
 # flips amplify rounding; a float64 reference does not help) while a 10% lr error gives 5.6e-3.
 # See docs/benchmark.md.
-$PY -m streamdag.cli bench --preset S,M,L --mutation-presets S,M --mutation-repeats 10 --sweep --steps 20 \
+$PY -m streamdag.cli bench --preset S,M,L,wide --mutation-presets S,M --mutation-repeats 10 --sweep --steps 20 \
   --budget-s 30 --gate-rtol 1e-3 \
   --no-progress --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
 exit "${PIPESTATUS[0]}"
