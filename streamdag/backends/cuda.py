@@ -870,8 +870,9 @@ class CudaBackend(Backend):
         may happen inside one)."""
         t = self._tables
         assert t is not None
-        if self._splits() > 1:
-            self._buf("split_part", 4 * self._splits() * batch * t.n_classes)
+        splits = self._splits()
+        if splits > 1:
+            self._buf("split_part", 4 * splits * batch * t.n_classes)
 
     def _launch_levels(self, stream: Any, batch: int) -> None:
         """The ``fused`` sequence: one grouped launch per level and phase (the tiled level
@@ -881,14 +882,14 @@ class CudaBackend(Backend):
         common = (np.int32(batch), np.int32(t.row_stride))
         starts = t.level_start.tolist()
         tiles = math.ceil(batch / TILE_ROWS)
-        out = t.n_levels - 1
-        for lv in range(1, out):
+        out, splits = t.n_levels - 1, self._splits()
+        for lv in range(1, out if splits > 1 else out + 1):  # the output too, if not split
             s, n = starts[lv], starts[lv + 1] - starts[lv]
             self._launch(self._k["sd_forward_tiled"], (n, tiles), (TILE_THREADS,), 0,
                          self._b("nodes"), self._b("colmap"), np.int32(s),
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common, 0,
                          np.int32(0), stream=stream)
-        splits, o = self._splits(), np.int32(starts[out])
+        o = np.int32(starts[out])
         if splits > 1:
             self._launch(self._k["sd_forward_tiled"], (1, tiles, splits), (TILE_THREADS,), 0,
                          self._b("nodes"), self._b("colmap"), o, self._b("weight_t"),
@@ -898,11 +899,6 @@ class CudaBackend(Backend):
                          (math.ceil(batch * t.n_classes / 256),), (256,), 0,
                          self._b("nodes"), o, self._b("split_part"), np.int32(splits),
                          self._b("bias"), self._b("act"), *common, stream=stream)
-        else:
-            self._launch(self._k["sd_forward_tiled"], (1, tiles), (TILE_THREADS,), 0,
-                         self._b("nodes"), self._b("colmap"), o, self._b("weight_t"),
-                         self._b("bias"), self._b("act"), *common, 0, np.int32(0),
-                         stream=stream)
         self._launch(self._k["sd_softmax_xent"], (math.ceil(batch / 128),), (128,), 0,
                      self._b("nodes"), o, self._b("act"), self._b("dh"),
                      self._b("dz"), self._b("labels"), self._b("loss_rows"),

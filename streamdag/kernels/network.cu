@@ -153,14 +153,13 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
 #define SD_TILE_MINB 4
 #endif
 
-// acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c * x_col], in c order,
-// for the NJ rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their
-// sums are never stored). Two shared loads or fewer per FMA: the weight is loaded once for
-// the NJ rows.
+// acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c], in c order, for the NJ
+// rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their sums are
+// never stored). The weight is loaded once for the NJ rows.
 template <int NJ>
 __device__ __forceinline__ void sd_tile_fma(float* acc, const float* w, int w_stride,
-                                            const float* x, int x_row, int x_col, int r0,
-                                            int groups, int nb, int kc) {
+                                            const float* x, int x_row, int r0, int groups,
+                                            int nb, int kc) {
   const float* xr[NJ];
 #pragma unroll
   for (int j = 0; j < NJ; ++j) xr[j] = x + min(r0 + j * groups, nb - 1) * x_row;
@@ -170,14 +169,27 @@ __device__ __forceinline__ void sd_tile_fma(float* acc, const float* w, int w_st
     for (int u = 0; u < 4; ++u) {
       const float wv = w[(c + u) * w_stride];
 #pragma unroll
-      for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][(c + u) * x_col], acc[j]);
+      for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][c + u], acc[j]);
     }
   }
   for (; c < kc; ++c) {
     const float wv = w[c * w_stride];
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][c * x_col], acc[j]);
+    for (int j = 0; j < NJ; ++j) acc[j] = fmaf(wv, xr[j][c], acc[j]);
   }
+}
+
+// sd_tile_fma for this thread's rows of the tile, with NJ the next power of two of their
+// count (the inner loop specialised on it: guarding every row in one loop made the tiled
+// kernels issue-bound).
+__device__ __forceinline__ void sd_tile_rows(float* acc, const float* w, int w_stride,
+                                             const float* x, int x_row, int r0, int groups,
+                                             int nb, int kc) {
+  const int nj = (nb - r0 + groups - 1) / groups;
+  if (nj > 4) sd_tile_fma<8>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
+  else if (nj > 2) sd_tile_fma<4>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
+  else if (nj > 1) sd_tile_fma<2>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
+  else if (nj > 0) sd_tile_fma<1>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
 }
 
 // Forward of nodes start + blockIdx.x, rows blockIdx.y * SD_TR.. (+SD_TR). With part null:
@@ -218,13 +230,7 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_f
         xs[r][c] = act[(long long)(b0 + r) * row_stride + cm[c]];
       }
       __syncthreads();
-      if (active) {
-        const int nj = (nb - r0 + groups - 1) / groups;  // this thread's rows in the tile
-        if (nj > 4) sd_tile_fma<8>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
-        else if (nj > 2) sd_tile_fma<4>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
-        else if (nj > 1) sd_tile_fma<2>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
-        else if (nj > 0) sd_tile_fma<1>(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, 1, r0, groups, nb, kc);
-      }
+      if (active) sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc);
     }
     if (active) {
 #pragma unroll
@@ -291,13 +297,7 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_b
           ws[q * 64 + kk] = __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
         }
         __syncthreads();
-        if (active) {
-          const int nj = (nb - r0 + groups - 1) / groups;
-          if (nj > 4) sd_tile_fma<8>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
-          else if (nj > 2) sd_tile_fma<4>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
-          else if (nj > 1) sd_tile_fma<2>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
-          else if (nj > 0) sd_tile_fma<1>(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, 1, r0, groups, nb, m);
-        }
+        if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
       }
     }
     if (active) {
