@@ -1,7 +1,8 @@
 """Per-batch cost of growing at a dag-bench preset on the GPU (a development probe).
 
-Usage (GPU machine, repo root): ``python3 tools/mutation_probe.py [PRESET] [BATCHES]``
-(default M, 30). For each batch of 8 duplications (``mutation_batch(graph, 1000 + r)``, as
+Usage (GPU machine, repo root):
+``python3 tools/mutation_probe.py [PRESET] [BATCHES] [MODE]`` (default M, 30, persistent).
+For each batch of 8 duplications (``mutation_batch(graph, 1000 + r)``, as
 ``streamdag bench --mutation-presets`` draws them): the time to apply it on the host, the
 backend's catch-up (``on_mutation``: the replay and the tables built on the device), the
 first step after it, how many group depths the batch validation's repair changed, and the
@@ -24,11 +25,11 @@ from streamdag.hostmem import retain_freed_memory
 from streamdag.mutation import MutationQueue
 
 
-def main(preset: str = "M", batches: int = 30) -> None:
+def main(preset: str = "M", batches: int = 30, mode: str = "persistent") -> None:
     retain_freed_memory()
     work = build_workload(resolve_spec(preset))
     g, p = work.graph, work.params
-    backend = CudaBackend()
+    backend = CudaBackend(mode=mode)
     for _ in range(5):
         backend.step(g, p, work.x, work.y, lr=0.01)
     backend.synchronize()
@@ -79,4 +80,5 @@ def main(preset: str = "M", batches: int = 30) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "M",
-         int(sys.argv[2]) if len(sys.argv) > 2 else 30)
+         int(sys.argv[2]) if len(sys.argv) > 2 else 30,
+         sys.argv[3] if len(sys.argv) > 3 else "persistent")

@@ -228,6 +228,11 @@ class CudaBackend(Backend):
         self._graph_exe: Any = None
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
         self._executor_key: tuple[int, int] | None = None
+        # streams mode: each node's task key (1 the output, 2 + id a group) by table index,
+        # and the task specs of the last plan by name, for the batch size they were made for
+        self._stream_keys: np.ndarray | None = None
+        self._stream_specs: dict[str, Any] = {}
+        self._stream_specs_batch = 0
         self._structure = 0          # bumps on every rebuild of the tables
         self._layout: tuple[int, int] | None = None  # (id(params), layout_version) mirrored
         self._act_capacity = 0       # floats in each activation arena
@@ -383,9 +388,19 @@ class CudaBackend(Backend):
         self._tables = self._host_tables = None  # until the device holds the new ones
         if self.mode == "streams":
             h = NetTables.build(graph, params)
-            self._put_many({**(also or {}), **{name: getattr(h, name) for name in (
-                "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
-                "group_ids")}})
+            # a task names its node by a key that survives mutations (task_nodes[key] is
+            # its table index; task_nodes[0] the row stride), so a group's tasks keep their
+            # arguments while the tables move and grow
+            ids = graph.level_arrays().ids
+            keys = np.concatenate([[0], ids + 2, [1]]).astype(np.int32)  # the input: unused
+            task_nodes = np.zeros(graph.next_id + 2, np.int32)
+            task_nodes[keys[1:]] = np.arange(1, len(keys), dtype=np.int32)
+            task_nodes[0] = h.row_stride
+            self._stream_keys = keys
+            self._put_many({**(also or {}), "task_nodes": task_nodes, **{
+                name: getattr(h, name) for name in (
+                    "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
+                    "group_ids")}})
             t, self._host_tables = h.shape, h
         else:
             inp = TableInputs.build(graph, params)
@@ -593,7 +608,7 @@ class CudaBackend(Backend):
             self._bufs.pop(kind).close()
             self._bufs[kind] = buf
         self._graph_exe = None
-        self._executor = None
+        self._executor_key = None
         self._wt_stale = True
 
     @staticmethod
@@ -923,24 +938,34 @@ class CudaBackend(Backend):
 
     def _launch_streams(self, batch: int) -> None:
         """The literal design: one scheduler task per group and phase, on several streams
-        with an event on every cross-stream edge (see :mod:`streamdag.scheduler`)."""
+        with an event on every cross-stream edge (see :mod:`streamdag.scheduler`).
+
+        After a mutation batch the plan (streams and events) is made again for the new
+        task graph, but a group's tasks are the same objects as before (their arguments
+        name the group, not its table index), so the new executor takes over their checked
+        and packed launches, and the streams and events, from the old one: only new groups'
+        tasks, the few whose arguments hold a size (loss, update), and tasks naming a buffer
+        that moved are bound again."""
         key = (self._structure, batch)
         if self._executor is None or self._executor_key != key:
             from ..scheduler import CudaExecutor, make_plan
 
             plan = make_plan(self._step_task_graph(batch), streams=self._streams,
                              policy="critical_path")
-            self._executor = CudaExecutor(plan, self._bufs, gpu=self.gpu, mode="streams")
+            old, self._executor = self._executor, None  # a failed bind leaves none
+            self._executor = CudaExecutor(plan, self._bufs, gpu=self.gpu, mode="streams",
+                                          reuse=old)
             self._executor_key = key
         self.stream.sync()  # the batch and hyper-parameters are queued on self.stream
         self._executor.run(sync=True)
 
     def _step_task_graph(self, batch: int) -> Any:
-        """The training step as a scheduler task graph over the node tables."""
+        """The training step as a scheduler task graph over the node tables, reusing the
+        task specs of the last one made for this batch size (see _launch_streams)."""
         from ..scheduler import Buf, KernelSpec, TaskGraph
 
-        t = self._host_tables
-        assert t is not None
+        t, keys = self._host_tables, self._stream_keys
+        assert t is not None and keys is not None
         spec = {name: KernelSpec.from_source(KERNEL_FILE, name) for name in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_wgrad_update",
             "sd_reduce_loss")}
@@ -953,37 +978,58 @@ class CudaBackend(Backend):
         common = (i32(batch), i32(t.row_stride))
         n, out = len(t.nodes), len(t.nodes) - 1
         fwd_grid, bwd_grid = (1, math.ceil(batch / FWD_ROWS)), (1, math.ceil(batch / BWD_ROWS))
+        held = self._stream_specs if self._stream_specs_batch == batch else {}
+        kept: dict[str, Any] = {}
         tg = TaskGraph("training-step")
-        fwd = {v: tg.launch(f"fwd{v}", spec["sd_forward"], b("nodes"), b("colmap"), i32(v),
-                            b("weight"), b("bias"), b("act"), *common, grid=fwd_grid,
-                            block=LEVEL_THREADS) for v in range(1, n)}
-        loss = tg.launch("softmax", spec["sd_softmax_xent"], b("nodes"), i32(out), b("act"),
-                         b("dh"), b("dz"), b("labels"), b("loss_rows"), b("correct_rows"),
-                         *common, grid=math.ceil(batch / 128), block=128)
-        bwd = {v: tg.launch(f"bwd{v}", spec["sd_backward_pull"], b("nodes"), b("succs"),
-                            i32(v), b("weight"), b("act"), b("dh"), b("dz"), *common,
-                            grid=bwd_grid, block=LEVEL_THREADS) for v in range(1, out)}
-        bwd[out] = loss  # the output's dz comes from the softmax
+
+        def node_task(name: str, kernel: str, table: str, key: int, arrays: tuple[str, ...],
+                      grid: tuple[int, int]) -> None:
+            old = held.get(name)
+            if old is not None:
+                tg.add(old)
+            else:
+                old = tg.launch(name, spec[kernel], b("nodes"), b(table), b("task_nodes"),
+                                i32(key), *map(b, arrays), i32(batch), grid=grid,
+                                block=LEVEL_THREADS).spec
+            kept[name] = old
+
+        names = [f"g{k - 2}" for k in keys[1:-1].tolist()]
+        # tasks 0 .. n-2: the forward of nodes 1 .. n-1; n-1: the loss (the output's
+        # backward); n .. 2n-3: the backward of nodes 1 .. n-2; then the update, the loss sum
+        for v, name in enumerate(names, start=1):
+            node_task(f"fwd:{name}", "sd_forward", "colmap", int(keys[v]),
+                      ("weight", "bias", "act"), fwd_grid)
+        node_task("fwd:output", "sd_forward", "colmap", 1, ("weight", "bias", "act"), fwd_grid)
+        tg.launch("softmax", spec["sd_softmax_xent"], b("nodes"), i32(out), b("act"),
+                  b("dh"), b("dz"), b("labels"), b("loss_rows"), b("correct_rows"),
+                  *common, grid=math.ceil(batch / 128), block=128)
+        for v, name in enumerate(names, start=1):
+            node_task(f"bwd:{name}", "sd_backward_pull", "succs", int(keys[v]),
+                      ("weight", "act", "dh", "dz"), bwd_grid)
         update = tg.launch("update", spec["sd_wgrad_update"], b("nodes"), b("tiles"),
                            b("colmap"), b("weight"), b("bias"), b("weight_mom"),
                            b("bias_mom"), b("act"), b("dh"), b("dz"), b("hyper"), *common,
                            b("grad_std"), b("act_mean"), b("weight_t"), grid=len(t.tiles),
                            block=WG_THREADS)
-        reduce = tg.launch("loss", spec["sd_reduce_loss"], b("loss_rows"), b("correct_rows"),
-                           i32(batch), b("loss"), b("correct"), grid=1, block=256)
-        nodes = t.nodes.tolist()
-        for v in range(1, n):
-            start, count = nodes[v][5], nodes[v][6]
-            for p in t.preds[start : start + count].tolist():
-                if p:
-                    fwd[p].precede(fwd[v])
-        fwd[out].precede(loss)
-        for v in range(1, out):
-            start, count = nodes[v][7], nodes[v][8]
-            for s in t.succ_node[start : start + count].tolist():
-                bwd[s].precede(bwd[v])
-            bwd[v].precede(update)
-        loss.precede(update, reduce)
+        tg.launch("loss", spec["sd_reduce_loss"], b("loss_rows"), b("correct_rows"),
+                  i32(batch), b("loss"), b("correct"), grid=1, block=256)
+        self._stream_specs, self._stream_specs_batch = kept, batch
+        # forward edges p -> v (p a group); backward s -> v (s a successor; the output's
+        # backward is the loss task); every backward, and the loss, before the update
+        nodes = t.nodes
+        owner = np.repeat(np.arange(n), nodes[:, 6])
+        preds = t.preds[: len(owner)]
+        real = preds > 0
+        n_succ = nodes[1:out, 8]
+        target = np.repeat(np.arange(1, out), n_succ)
+        first = int(nodes[1, 7]) if out > 1 else 0
+        succ = t.succ_node[first : first + len(target)]
+        bwd_of = np.where(succ == out, n - 1, n - 1 + succ)
+        tg.connect(np.concatenate([preds[real] - 1, [n - 2], bwd_of, n - 1 + np.arange(1, out),
+                                   [n - 1, n - 1]]),
+                   np.concatenate([owner[real] - 1, [n - 1], n - 1 + target,
+                                   np.full(out - 1, update.index), [update.index,
+                                                                     update.index + 1]]))
         return tg
 
     def _launch_graph(self, batch: int) -> None:
@@ -1031,8 +1077,10 @@ class CudaBackend(Backend):
         # a quarter spare where any size will do: the tables grow with every mutation batch,
         # and a reallocation costs a synchronisation (and, below, the captured graph)
         self._bufs[name] = buf = self._alloc(name, nbytes if exact else nbytes + nbytes // 4)
-        self._graph_exe = None  # captured graphs and bound executors hold raw pointers
-        self._executor = None
+        # captured graphs and bound executors hold raw pointers: recapture, and re-bind
+        # (the executor's successor re-packs only the launches that name a moved buffer)
+        self._graph_exe = None
+        self._executor_key = None
         return buf
 
     def _alloc(self, name: str, nbytes: int) -> Any:

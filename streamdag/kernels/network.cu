@@ -18,10 +18,14 @@
 //
 // Nodes are stored level by level, so a level is the index range [level_start[l],
 // level_start[l+1]). Kernels (launch shapes in brackets; "slice" = nodes start..start+count):
-//   sd_forward        [grid (count, ceil(B/FWD_ROWS)), block 128]  forward of a slice (streams)
+//   sd_forward        [grid (count, ceil(B/FWD_ROWS)), block 128]  forward of the slice that
+//                     starts at task_nodes[key] (streams mode: one task per node, named by a
+//                     key that survives mutations — 1 the output, 2 + id a group — with the
+//                     row stride in task_nodes[0], so that a task's arguments stay the same
+//                     while the tables move and grow under it)
 //   sd_softmax_xent   [grid ceil(B/128), block 128]             loss rows, dz of the output
 //   sd_backward_pull  [grid (count, ceil(B/BWD_ROWS)), block 128] dh, dz of a slice (gather;
-//                     streams)
+//                     streams; the slice named as for sd_forward)
 //   sd_forward_tiled  [grid (count, ceil(B/32), splits), block 256]  the same, tiled (fused and
 //                     graph modes; the output split over its columns, then sd_splitk_finish)
 //   sd_backward_tiled [grid (count, ceil(B/32)), block 256]  sd_backward_pull, tiled
@@ -122,11 +126,11 @@ __device__ __forceinline__ float sd_pull_one(const int4* __restrict__ succs,
 // ---------------------------------------------------------------- level-sliced kernels
 
 extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int* __restrict__ colmap,
-                                      int start,
+                                      const int* __restrict__ task_nodes, int key,
                                       const float* __restrict__ weight,
-                                      const float* __restrict__ bias, float* act, int batch,
-                                      int row_stride) {
-  const Node nd = nodes[start + blockIdx.x];
+                                      const float* __restrict__ bias, float* act, int batch) {
+  const Node nd = nodes[task_nodes[key] + blockIdx.x];
+  const int row_stride = task_nodes[0];
   const int b0 = blockIdx.y * SD_FWD_ROWS;
   const int items = SD_FWD_ROWS * nd.width;
   for (int it = threadIdx.x; it < items; it += blockDim.x) {
@@ -348,10 +352,11 @@ extern "C" __global__ void sd_softmax_xent(const Node* __restrict__ nodes, int o
 
 extern "C" __global__ void sd_backward_pull(const Node* __restrict__ nodes,
                                             const int4* __restrict__ succs,
-                                            int start,
+                                            const int* __restrict__ task_nodes, int key,
                                             const float* __restrict__ weight, const float* act,
-                                            float* dh, float* dz, int batch, int row_stride) {
-  const Node nd = nodes[start + blockIdx.x];
+                                            float* dh, float* dz, int batch) {
+  const Node nd = nodes[task_nodes[key] + blockIdx.x];
+  const int row_stride = task_nodes[0];
   const int b0 = blockIdx.y * SD_BWD_ROWS;
   const int items = SD_BWD_ROWS * nd.width;
   for (int it = threadIdx.x; it < items; it += blockDim.x) {

@@ -10,6 +10,10 @@ device. A run then only issues work.
   its stream waits on the plan's events, after it records its event if any. Every run
   starts behind the previous one (streams wait on stream 0's start) and joins back into
   stream 0, so runs may be queued back to back.
+- ``reuse=``: a new plan of a graph that changed a little (the CUDA backend's ``streams``
+  mode after a mutation batch) takes over the previous executor's streams, events, kernels
+  and the packed launches of the task specs it shares with it (``rebound`` counts the
+  launches bound anew).
 - ``mode="graph"``: the plan becomes a ``GraphDefinition`` (one kernel node per launch,
   edges from the launch DAG) instantiated once; a run replays it on stream 0.
   :meth:`CudaExecutor.update_args` rebuilds the definition with the new arguments and
@@ -50,6 +54,12 @@ class CudaExecutor:
         mode: ``"streams"`` or ``"graph"``.
         observer: receives each run's records after the run.
         cache_dir: kernel cache directory (default: the user cache).
+        reuse: the executor of a previous plan, which this one replaces: its streams,
+            events, loaded kernels and — for every unfused launch whose task spec is the
+            very object of this plan's, with the same device buffers bound to the names it
+            uses — its checked and packed launch are taken over instead of made again, so
+            re-planning a graph that changed a little re-binds only what changed. It must
+            not run again (it raises SchedulerError if asked to); ``gpu`` defaults to its.
 
     Raises:
         LaunchConfigError: a launch past this device's limits.
@@ -57,6 +67,9 @@ class CudaExecutor:
         BackendError: no GPU.
         CompileError: a kernel that does not compile.
     """
+
+    gpu: driver.Gpu
+    _retired: bool  # replaced by an executor made with reuse=self
 
     def __init__(
         self,
@@ -67,19 +80,26 @@ class CudaExecutor:
         mode: Mode = "streams",
         observer: Observer | None = None,
         cache_dir: str | None = None,
+        reuse: CudaExecutor | None = None,
     ) -> None:
         if mode not in ("streams", "graph"):
             raise ConfigError(f"mode must be 'streams' or 'graph', got {mode!r}")
+        if reuse is not None and reuse._retired:
+            raise SchedulerError("reuse: that executor was replaced already")
         self.plan = plan
         self.mode = mode
         self.observer = observer
-        self.gpu = gpu or driver.Gpu(0)
+        self.gpu = gpu or (reuse.gpu if reuse is not None else driver.Gpu(0))
         self.instantiations = 0
         self.updates = 0
+        self._retired = False
         self._buffers = dict(buffers)
         self._args: list[tuple[Any, ...]] = [spec.args for spec in plan.tasks]
+        kept = self._kept_launches(reuse)
         limits = self.gpu.limits()
         for spec in plan.tasks:
+            if id(spec) in kept:
+                continue  # checked and bound when the previous executor took it
             if spec.kernel is None or spec.shape is None:
                 raise SchedulerError(f"task {spec.name!r} is a host task: the cuda executor "
                                      "runs kernel tasks only")
@@ -91,11 +111,24 @@ class CudaExecutor:
         self._configs: dict[tuple[Any, ...], Any] = {}
         self._launch_args: list[tuple[Any, Any, tuple[Any, ...]]] = []
         self._cache_dir = cache_dir
+        streams, events = max(plan.num_streams, 1), len(plan.events)
+        self._streams: list[Any] = []
+        self._events: list[Any] = []
+        self._join: list[Any] = []
+        if reuse is not None:
+            reuse._retired = True
+            self._modules, self._kernels = reuse._modules, reuse._kernels
+            self._configs = reuse._configs
+            self._streams, self._events = reuse._streams[:streams], reuse._events[:events]
+            self._join = reuse._join[:streams]
+        self.rebound = 0  # launches bound here rather than taken over from ``reuse``
         for lau in plan.launches:
-            self._launch_args.append(self._prepare(lau.id))
-        self._streams = [self.gpu.stream() for _ in range(max(plan.num_streams, 1))]
-        self._events = [self.gpu.event() for _ in plan.events]
-        self._join = [self.gpu.event() for _ in self._streams]
+            held = None if lau.fused else kept.get(id(plan.tasks[lau.tasks[0]]))
+            self.rebound += held is None
+            self._launch_args.append(held[1] if held else self._prepare(lau.id))
+        self._streams += [self.gpu.stream() for _ in range(streams - len(self._streams))]
+        self._events += [self.gpu.event() for _ in range(events - len(self._events))]
+        self._join += [self.gpu.event() for _ in range(streams - len(self._join))]
         self._graph_def: Any = None
         self._graph: Any = None
         self._profiled: tuple[Any, Any, list[tuple[Any, Any]]] | None = None
@@ -106,6 +139,29 @@ class CudaExecutor:
             self.instantiations = 1
 
     # -- binding ----------------------------------------------------------------------
+
+    def _kept_launches(self, reuse: CudaExecutor | None
+                       ) -> dict[int, tuple[TaskSpec, tuple[Any, Any, tuple[Any, ...]]]]:
+        """id(spec) -> (spec, packed launch) of ``reuse``'s unfused launches that this
+        executor can take over: the spec is this plan's (the same object) and every buffer
+        it names is bound to the same device buffer here. The spec is held with its launch,
+        so its id cannot be recycled while the map lives."""
+        if reuse is None:
+            return {}
+        ours = {id(spec) for spec in self.plan.tasks}
+        moved = {name for name, buf in self._buffers.items()
+                 if reuse._buffers.get(name) is not buf}
+        kept = {}
+        for lau, launch in zip(reuse.plan.launches, reuse._launch_args, strict=True):
+            if lau.fused:
+                continue
+            spec = reuse.plan.tasks[lau.tasks[0]]
+            if id(spec) not in ours or reuse._args[lau.tasks[0]] is not spec.args:
+                continue  # not in this plan, or its arguments were updated since
+            if moved and any(isinstance(a, Buf) and a.name in moved for a in spec.args):
+                continue
+            kept[id(spec)] = (spec, launch)
+        return kept
 
     def _kernel(self, file: str, name: str) -> Any:
         k = self._kernels.get((file, name))
@@ -196,6 +252,8 @@ class CudaExecutor:
 
     def run(self, *, sync: bool = True) -> None:
         """Run the plan once (``sync=False``: queue it and return; runs stay ordered)."""
+        if self._retired:
+            raise SchedulerError("this executor was replaced (reuse=) by another: run that one")
         observe = self.observer is not None and sync
         s0 = self._streams[0]
         if self.mode == "graph":

@@ -377,6 +377,45 @@ class TaskGraph:
             raise SchedulerError(f"host task {name!r}: fn is not callable")
         return self._add(TaskSpec(name, tuple(args), fn=fn, fuse_key=fuse_key, cost=cost))
 
+    def add(self, spec: TaskSpec, *, limits: DeviceLimits = DEFAULT_LIMITS) -> Task:
+        """Add a task from its spec — typically one of another graph, kept by a caller that
+        rebuilds a graph most of whose tasks it had before (specs are immutable, so graphs
+        may share them; the checks are those of :meth:`launch` and :meth:`host`).
+
+        Raises:
+            KernelArgumentError, LaunchConfigError: as :meth:`launch`.
+            SchedulerError: a duplicate name, or a host task whose ``fn`` is not callable.
+        """
+        if spec.kernel is not None:
+            spec.kernel.check_args(spec.args)
+            if spec.shape is None:
+                raise SchedulerError(f"kernel task {spec.name!r} has no launch shape")
+            sh = spec.shape  # checked as launch() checks it: once per distinct shape
+            LaunchShape.of(sh.grid, sh.block, sh.shmem_bytes, limits=limits)
+        elif not callable(spec.fn):
+            raise SchedulerError(f"host task {spec.name!r}: fn is not callable")
+        return self._add(spec)
+
+    def connect(self, sources: Sequence[int] | np.ndarray,
+                targets: Sequence[int] | np.ndarray) -> None:
+        """Make task ``targets[i]`` run after task ``sources[i]``, for every ``i`` (task
+        indices, as :attr:`Task.index`): :meth:`Task.precede` for many edges at once.
+
+        Raises:
+            SchedulerError: lengths that differ, or an index that names no task.
+        """
+        src: list[int] = np.asarray(sources, dtype=np.intp).ravel().tolist()
+        dst: list[int] = np.asarray(targets, dtype=np.intp).ravel().tolist()
+        if len(src) != len(dst):
+            raise SchedulerError(f"connect: {len(src)} sources but {len(dst)} targets")
+        n = len(self.specs)
+        if src and (min(src) < 0 or max(src) >= n or min(dst) < 0 or max(dst) >= n):
+            raise SchedulerError(f"connect: a task index outside 0..{n - 1}")
+        succ = self._succ
+        for u, v in zip(src, dst, strict=True):
+            succ[u][v] = None
+        self._version += 1
+
     def _add_edge(self, src: Task | str, dst: Task | str) -> None:
         if type(src) is Task and type(dst) is Task and src._graph is self is dst._graph:
             self._version += 1  # the usual case: two tasks of this graph

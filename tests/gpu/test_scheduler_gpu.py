@@ -197,6 +197,40 @@ def test_graph_mode_observes_every_launch(gpu) -> None:
     assert ex.instantiations == 1
 
 
+@pytest.mark.parametrize("mode", ["streams", "graph"])
+def test_a_replanned_graph_takes_over_the_launches_it_shares(gpu, mode) -> None:
+    tg, host = kernel_dag(13, 120)
+    dev = to_device(gpu, host)
+    old = CudaExecutor(make_plan(tg, streams=4), dev, gpu=gpu, mode=mode)
+    old.run()
+    # the graph grows (the same specs, 10 new tasks reading earlier outputs) and buffer x0
+    # moves (same values, a new device buffer): only the new tasks and those naming x0 are
+    # bound again, and the result is the grown graph's
+    grown = TaskGraph("grown")
+    for spec in tg.specs:
+        grown.add(spec)
+    src, dst = zip(*tg.edges(), strict=True)
+    grown.connect(src, dst)
+    n = len(tg.specs)
+    for j in range(10):
+        host[f"new{j}"] = np.zeros(N, np.float32)
+        t = grown.launch(f"new{j}", MIX2, np.float32(0.5), Buf(f"b{7 * j}"), np.float32(0.25),
+                         Buf(f"b{n - 1 - j}"), Buf(f"new{j}"), np.uint32(N), grid=8, block=256)
+        grown.connect([7 * j, n - 1 - j], [t.index, t.index])
+    dev2 = {**dev, "x0": gpu.to_device(host["x0"])}
+    dev2.update({f"new{j}": gpu.to_device(host[f"new{j}"]) for j in range(10)})
+    new = CudaExecutor(make_plan(grown, streams=4), dev2, mode=mode, reuse=old)
+    names_x0 = sum(any(a == Buf("x0") for a in spec.args) for spec in tg.specs)
+    assert 0 < names_x0 < n and new.rebound == 10 + names_x0
+    assert new.gpu is gpu
+    new.run()
+    check_same(gpu, dev2, expected(grown, host))
+    with pytest.raises(SchedulerError, match="replaced"):
+        old.run()
+    with pytest.raises(SchedulerError, match="replaced already"):
+        CudaExecutor(make_plan(grown, streams=4), dev2, mode=mode, reuse=old)
+
+
 def test_device_limits_are_checked_before_anything_launches(gpu) -> None:
     lim = gpu.limits()
     assert lim.threads_per_block == 1024 and lim.shmem_bytes >= 48 * 1024

@@ -128,6 +128,31 @@ def test_named_dependencies_resolve() -> None:
     assert tg.validate() == [0, 1] and tg.edges() == [(0, 1)]
 
 
+def test_a_graph_rebuilt_from_kept_specs_and_bulk_edges_plans_the_same() -> None:
+    # what the CUDA backend's streams mode does after a mutation: the same spec objects,
+    # the edges in one connect() call
+    tg = diamond()
+    again = TaskGraph("diamond")
+    for spec in tg.specs:
+        again.add(spec)
+    src, dst = zip(*tg.edges(), strict=True)
+    again.connect(src, dst)
+    assert again.edges() == tg.edges() and again.validate() == tg.validate()
+    bufs = buffers()
+    run_sim(make_plan(again, streams=2), bufs, max_delay_s=1e-3)
+    np.testing.assert_array_equal(bufs["d"], 7.0)
+    assert again.specs[0] is tg.specs[0]
+    with pytest.raises(SchedulerError, match="already has"):
+        again.add(tg.specs[0])
+    with pytest.raises(SchedulerError, match="outside"):
+        again.connect([0], [4])
+    with pytest.raises(SchedulerError, match="2 sources but 1 targets"):
+        again.connect([0, 1], [2])
+    assert again.edges() == tg.edges()  # a refused connect adds nothing
+    with pytest.raises(SchedulerError, match="not callable"):
+        TaskGraph().add(dataclasses.replace(tg.specs[0], name="z", fn=None))
+
+
 SAXPY = KernelSpec("scheduler.cu", "saxpy", ("float", "const float*", "float*", "unsigned int"),
                    grouped=True)
 
@@ -146,6 +171,8 @@ def test_kernel_arguments_are_checked_before_launch() -> None:
         tg.launch("n", SAXPY, np.float32(2), grid=1, block=32)
     with pytest.raises(KernelArgumentError, match="not supported"):
         KernelSpec("f.cu", "k", ("struct foo",))
+    with pytest.raises(KernelArgumentError, match=r"np\.float32, got float"):  # add() too
+        tg.add(dataclasses.replace(tg.specs[0], name="copy", args=(2.0, *ok[1:])))
     assert len(tg) == 1
 
 
