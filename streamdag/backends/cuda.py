@@ -92,7 +92,9 @@ KERNEL_FILE = "network.cu"
 FWD_ROWS = 8      # SD_FWD_ROWS
 BWD_ROWS = 8      # SD_BWD_ROWS
 LEVEL_THREADS = 128
-TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block
+TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block, at most
+TILE_FILL = 2       # blocks per SM a tiled level launch should reach; fewer: shorter tiles
+TILE_MIN_ROWS = 8   # the shortest tile (a power of two)
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 STEP_THREADS = 512  # default SD_STEP_THREADS
@@ -896,20 +898,30 @@ class CudaBackend(Backend):
         assert t is not None
         common = (np.int32(batch), np.int32(t.row_stride))
         starts = t.level_start.tolist()
-        tiles = math.ceil(batch / TILE_ROWS)
         out, splits = t.n_levels - 1, self._splits()
+        fill = TILE_FILL * self._n_sms
+
+        def rows(blocks: int) -> int:  # tile rows where a tile of each of `blocks` fills
+            tr = TILE_ROWS
+            while tr > TILE_MIN_ROWS and blocks * math.ceil(batch / tr) < fill:
+                tr //= 2
+            return tr
+
         for lv in range(1, out if splits > 1 else out + 1):  # the output too, if not split
             s, n = starts[lv], starts[lv + 1] - starts[lv]
-            self._launch(self._k["sd_forward_tiled"], (n, tiles), (TILE_THREADS,), 0,
-                         self._b("nodes"), self._b("colmap"), np.int32(s),
+            tr = rows(n)
+            self._launch(self._k["sd_forward_tiled"], (n, math.ceil(batch / tr)),
+                         (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), np.int32(s),
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common, 0,
-                         np.int32(0), stream=stream)
+                         np.int32(0), np.int32(tr), stream=stream)
         o = np.int32(starts[out])
         if splits > 1:
-            self._launch(self._k["sd_forward_tiled"], (1, tiles, splits), (TILE_THREADS,), 0,
-                         self._b("nodes"), self._b("colmap"), o, self._b("weight_t"),
-                         self._b("bias"), self._b("act"), *common, self._b("split_part"),
-                         np.int32(SPLIT_COLS), stream=stream)
+            tr = rows(splits)
+            self._launch(self._k["sd_forward_tiled"], (1, math.ceil(batch / tr), splits),
+                         (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), o,
+                         self._b("weight_t"), self._b("bias"), self._b("act"), *common,
+                         self._b("split_part"), np.int32(SPLIT_COLS), np.int32(tr),
+                         stream=stream)
             self._launch(self._k["sd_splitk_finish"],
                          (math.ceil(batch * t.n_classes / 256),), (256,), 0,
                          self._b("nodes"), o, self._b("split_part"), np.int32(splits),
@@ -921,10 +933,11 @@ class CudaBackend(Backend):
         if self.backward == "pull":
             for lv in range(out - 1, 0, -1):
                 s, n = starts[lv], starts[lv + 1] - starts[lv]
-                self._launch(self._k["sd_backward_tiled"], (n, tiles), (TILE_THREADS,), 0,
-                             self._b("nodes"), self._b("succs"), np.int32(s),
-                             self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"),
-                             *common, stream=stream)
+                tr = rows(n)
+                self._launch(self._k["sd_backward_tiled"], (n, math.ceil(batch / tr)),
+                             (TILE_THREADS,), 0, self._b("nodes"), self._b("succs"),
+                             np.int32(s), self._b("weight"), self._b("act"), self._b("dh"),
+                             self._b("dz"), *common, np.int32(tr), stream=stream)
         else:
             bwd_rows = math.ceil(batch / BWD_ROWS)
             self.gpu.memset(self._b("dh"), 0, nbytes=4 * batch * t.row_stride, stream=stream)

@@ -26,9 +26,10 @@
 //   sd_softmax_xent   [grid ceil(B/128), block 128]             loss rows, dz of the output
 //   sd_backward_pull  [grid (count, ceil(B/BWD_ROWS)), block 128] dh, dz of a slice (gather;
 //                     streams; the slice named as for sd_forward)
-//   sd_forward_tiled  [grid (count, ceil(B/32), splits), block 256]  the same, tiled (fused and
-//                     graph modes; the output split over its columns, then sd_splitk_finish)
-//   sd_backward_tiled [grid (count, ceil(B/32)), block 256]  sd_backward_pull, tiled
+//   sd_forward_tiled  [grid (count, ceil(B/tile_rows), splits), block 256]  the same, tiled
+//                     (fused and graph modes; the output split over its columns, then
+//                     sd_splitk_finish; tile_rows <= 32)
+//   sd_backward_tiled [grid (count, ceil(B/tile_rows)), block 256]  sd_backward_pull, tiled
 //   sd_backward_push  [grid (count, ceil(B/BWD_ROWS)), block 128]  dz of a slice from its
 //                     complete dh, then atomicAdd dz·W into the predecessors' dh (zeroed first)
 //   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
@@ -196,20 +197,21 @@ __device__ __forceinline__ void sd_tile_rows(float* acc, const float* w, int w_s
   else if (nj > 0) sd_tile_fma<1>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
 }
 
-// Forward of nodes start + blockIdx.x, rows blockIdx.y * SD_TR.. (+SD_TR). With part null:
-// every column, then bias and ReLU into act. Otherwise (split-K, the output's thousands of
-// columns) columns [blockIdx.z * split_cols, +split_cols), raw sums into
+// Forward of nodes start + blockIdx.x, rows blockIdx.y * tile_rows.. (+tile_rows, 1..SD_TR:
+// the host makes the tiles shorter where a level has too few blocks to fill the GPU). With
+// part null: every column, then bias and ReLU into act. Otherwise (split-K, the output's
+// thousands of columns) columns [blockIdx.z * split_cols, +split_cols), raw sums into
 // part[(blockIdx.z * batch + b) * width + o], added up by sd_splitk_finish.
-// [grid (count, ceil(B/SD_TR), splits), block SD_TILE_THREADS]
+// [grid (count, ceil(B/tile_rows), splits), block SD_TILE_THREADS]
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_forward_tiled(
     const Node* __restrict__ nodes, const int* __restrict__ colmap, int start,
     const float* __restrict__ weight_t, const float* __restrict__ bias, float* act,
-    int batch, int row_stride, float* part, int split_cols) {
+    int batch, int row_stride, float* part, int split_cols, int tile_rows) {
   __shared__ float xs[SD_TR][SD_TK + 1];
   __shared__ float ws[SD_TK * 64];
   __shared__ int cm[SD_TK];
   const Node nd = nodes[start + blockIdx.x];
-  const int b0 = blockIdx.y * SD_TR, nb = min(SD_TR, batch - b0);
+  const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
   const int c_begin = part ? blockIdx.z * split_cols : 0;
   const int c_end = part ? min(nd.fan_in, c_begin + split_cols) : nd.fan_in;
   const int t = threadIdx.x;
@@ -268,17 +270,17 @@ extern "C" __global__ void sd_splitk_finish(const Node* __restrict__ nodes, int 
   act[(long long)b * row_stride + nd.act + o] = nd.relu ? fmaxf(z, 0.f) : z;
 }
 
-// Pull backward of nodes start + blockIdx.x, rows blockIdx.y * SD_TR..: dh from the
+// Pull backward of nodes start + blockIdx.x, rows blockIdx.y * tile_rows..: dh from the
 // successors' dz (successor by successor in edge order, each one's neurons in order), then
-// dz = dh where h > 0. [grid (count, ceil(B/SD_TR)), block SD_TILE_THREADS]
+// dz = dh where h > 0. [grid (count, ceil(B/tile_rows)), block SD_TILE_THREADS]
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_backward_tiled(
     const Node* __restrict__ nodes, const int4* __restrict__ succs, int start,
     const float* __restrict__ weight, const float* act, float* dh, float* dz, int batch,
-    int row_stride) {
+    int row_stride, int tile_rows) {
   __shared__ float ds[SD_TR][64 + 1];
   __shared__ float ws[64 * 64];
   const Node nd = nodes[start + blockIdx.x];
-  const int b0 = blockIdx.y * SD_TR, nb = min(SD_TR, batch - b0);
+  const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
   const int t = threadIdx.x;
   for (int k0 = 0; k0 < nd.width; k0 += 64) {
     const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
