@@ -17,16 +17,18 @@ from ..errors import ConfigError
 from ..graph import INPUT, OUTPUT, NetworkGraph
 from ..params import ParamStore
 
-__all__ = ["MAX_INT32", "NODE_FIELDS", "WG_THREADS", "WG_XCOLS", "NetTables", "TableInputs",
-           "TableShape"]
+__all__ = ["MAX_INT32", "NODE_FIELDS", "WG_CPT", "WG_THREADS", "WG_XCOLS", "NetTables",
+           "TableInputs", "TableShape"]
 
 NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
 WG_THREADS = 256  # SD_WG_THREADS
 WG_XCOLS = 32     # SD_WG_XCOLS: columns of a weight-gradient tile at most
 MAX_INT32 = 2**31 - 1
+WG_CPT = 8        # SD_WG_CPT: columns of a tile one thread owns, at most
 # columns of a weight-gradient tile of a node, by min(width, 64): a thread owns one output and
-# two columns of its tile, so up to 2 * (WG_THREADS // outputs) columns (at most WG_XCOLS)
-_PER_TILE = np.clip(2 * (WG_THREADS // np.arange(1, 65)), 1, WG_XCOLS).astype(np.int32)
+# up to WG_CPT columns of its tile, so up to WG_CPT * (WG_THREADS // outputs) columns (at
+# most WG_XCOLS)
+_PER_TILE = np.clip(WG_CPT * (WG_THREADS // np.arange(1, 65)), 1, WG_XCOLS).astype(np.int32)
 _PER_TILE = np.concatenate([[1], _PER_TILE])  # width 0 (none has it): 1 column, as clip gives
 assert INPUT == -1  # NetTables.build indexes by id, INPUT wrapping around to the last entry
 

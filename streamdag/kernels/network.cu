@@ -422,20 +422,40 @@ extern "C" __global__ void sd_gather_output(const float* act, float* out, int ou
 
 // ---------------------------------------------------------------- weight gradient + update
 
+// acc[m] += sum over rows r < nb of d[r][0] * x[r][m * tp], for m < cnt <= CPT (d and x are
+// the rows of sd_wgrad_update's staged ds and xs, at this thread's output and first column):
+// one dz load feeds cnt FMAs. cnt == 0: nothing (a thread past the tile's outputs).
+template <int CPT>
+__device__ __forceinline__ void sd_wg_rows(float* acc, const float* d, const float* x, int tp,
+                                           int cnt, int nb) {
+  if (cnt == 0) return;
+#pragma unroll 4
+  for (int r = 0; r < nb; ++r) {
+    const float dv = d[r * 64];
+    const float* xr = x + r * (SD_WG_XCOLS + 1);
+#pragma unroll
+    for (int m = 0; m < CPT; ++m)
+      if (m < cnt) acc[m] = fmaf(dv, xr[m * tp], acc[m]);
+  }
+}
+
 // One tile = (node, first column c0, columns tc, stats slot): dW[o][c0..c0+tc) for every
 // output o, then the SGD step on those weights. The tile with c0 == 0 also does the bias and
 // (for groups, stats slot >= 0) the statistics. Rows are streamed through shared memory in
 // chunks of SD_WG_ROWCHUNK: x (gathered through colmap) and dz; the first tile folds dz into
 // per-thread bias partials and dh, h into the statistics as it stages them.
-// Host guarantees tc <= SD_WG_XCOLS and min(width, 64) * ceil(tc / 2) <= SD_WG_THREADS
-// (both in node.cuh).
+// A thread owns one output and cpt columns of the tile (1, 2, 4 or 8: the fewest that let
+// the block's threads cover min(width, 64) outputs), so a wide node's tile is still 32
+// columns wide and its dz is staged once per 32 columns, not once per 8.
+// Host guarantees tc <= SD_WG_XCOLS and min(width, 64) * ceil(tc / SD_WG_CPT) <=
+// SD_WG_THREADS (both in node.cuh).
 extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     const Node* __restrict__ nodes, const int4* __restrict__ tiles,
     const int* __restrict__ colmap, float* weight, float* bias, float* weight_mom,
     float* bias_mom, const float* act, const float* dh, const float* dz,
     const float* __restrict__ hyper, int batch, int row_stride, float* grad_std,
     float* act_mean, float* weight_t) {
-  __shared__ float xs[SD_WG_ROWCHUNK][SD_WG_XCOLS + 1];  // + 1: column c2 of an odd tile
+  __shared__ float xs[SD_WG_ROWCHUNK][SD_WG_XCOLS + 1];  // + 1: no bank conflicts
   __shared__ float ds[SD_WG_ROWCHUNK][64];
   __shared__ float dbs[SD_WG_THREADS];
   __shared__ double red[3][SD_WG_THREADS];
@@ -449,15 +469,20 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
   const int xr = threadIdx.x / tc, xc = threadIdx.x % tc, xstep = blockDim.x / tc;
   const int xoff = __ldg(colmap + nd.col_start + t.y + xc);
   double s = 0.0, s2 = 0.0, a = 0.0;  // statistics, folded in while staging (first tile)
-  // A thread owns output oo and columns c1, c2 = c1 + hc of the tile: one dz read for two
-  // FMAs (the host keeps min(width, 64) * ceil(tc / 2) <= threads).
-  const int hc = (tc + 1) / 2;
   for (int o0 = 0; o0 < wdt; o0 += 64) {
     const int no = min(64, wdt - o0);
-    const bool mine = threadIdx.x < no * hc;
-    const int oo = threadIdx.x / hc, c1 = threadIdx.x % hc, c2 = c1 + hc;
+    // A thread owns output oo and columns c1 + m * tp (m < cnt) of the tile: one dz read
+    // for cnt FMAs.
+    int cpt = 1;
+    while (no * ((tc + cpt - 1) / cpt) > SD_WG_THREADS) cpt <<= 1;
+    const int tp = (tc + cpt - 1) / cpt;
+    const bool mine = threadIdx.x < no * tp;
+    const int oo = threadIdx.x / tp, c1 = threadIdx.x % tp;
+    const int cnt = mine ? (tc - c1 + tp - 1) / tp : 0;
     const int dr = threadIdx.x / no, dc = threadIdx.x % no, dstep = blockDim.x / no;
-    float acc1 = 0.f, acc2 = 0.f, dbp = 0.f;
+    float acc[SD_WG_CPT], dbp = 0.f;
+#pragma unroll
+    for (int m = 0; m < SD_WG_CPT; ++m) acc[m] = 0.f;
     for (int b0 = 0; b0 < batch; b0 += SD_WG_ROWCHUNK) {
       const int nb = min(SD_WG_ROWCHUNK, batch - b0);
       __syncthreads();
@@ -478,21 +503,18 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
           }
         }
       __syncthreads();
-      if (mine) {
-#pragma unroll 8
-        for (int r = 0; r < nb; ++r) {
-          const float d = ds[r][oo];
-          acc1 = fmaf(d, xs[r][c1], acc1);
-          acc2 = fmaf(d, xs[r][c2], acc2);  // past tc when tc is odd: computed, not stored
-        }
-      }
+      if (cpt == 1) sd_wg_rows<1>(acc, &ds[0][oo], &xs[0][c1], tp, cnt, nb);
+      else if (cpt == 2) sd_wg_rows<2>(acc, &ds[0][oo], &xs[0][c1], tp, cnt, nb);
+      else if (cpt == 4) sd_wg_rows<4>(acc, &ds[0][oo], &xs[0][c1], tp, cnt, nb);
+      else sd_wg_rows<SD_WG_CPT>(acc, &ds[0][oo], &xs[0][c1], tp, cnt, nb);
     }
-    for (int k = 0; k < 2; ++k) {
-      const int cc = k ? c2 : c1;
-      if (!mine || cc >= tc) continue;
+#pragma unroll
+    for (int m = 0; m < SD_WG_CPT; ++m) {
+      const int cc = c1 + m * tp;
+      if (m >= cnt) break;
       const long long wi = nd.w_off + (long long)(o0 + oo) * nd.fan_in + t.y + cc;
       const float w = weight[wi];
-      const float v = mu * weight_mom[wi] + ((k ? acc2 : acc1) + wd * w);
+      const float v = mu * weight_mom[wi] + (acc[m] + wd * w);
       weight_mom[wi] = v;
       weight[wi] = w - lr * v;
       weight_t[nd.w_off + (long long)(t.y + cc) * wdt + o0 + oo] = w - lr * v;

@@ -5,6 +5,7 @@
 #pragma once
 
 #define SD_WG_THREADS 256
+#define SD_WG_CPT 8  // columns of a tile one thread of sd_wgrad_update owns, at most
 #ifndef SD_WG_XCOLS
 #define SD_WG_XCOLS 32
 #endif

@@ -38,7 +38,7 @@
 // columns of a weight-gradient tile of a node of this width (NetTables' _PER_TILE)
 __device__ __forceinline__ int sd_per_tile(int width) {
   const int w = min(max(width, 1), 64);
-  return min(max(2 * (SD_WG_THREADS / w), 1), SD_WG_XCOLS);
+  return min(max(SD_WG_CPT * (SD_WG_THREADS / w), 1), SD_WG_XCOLS);
 }
 
 // the predecessor ids of position i, and how many

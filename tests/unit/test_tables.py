@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamdag.backends import tables
-from streamdag.backends.tables import WG_THREADS, WG_XCOLS, NetTables
+from streamdag.backends.tables import WG_CPT, WG_THREADS, WG_XCOLS, NetTables
 from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
 from streamdag.errors import ConfigError, StreamDagError
 from streamdag.graph import INPUT, OUTPUT, NetworkGraph
@@ -73,7 +73,7 @@ def check_tables(graph: NetworkGraph, params: ParamStore) -> None:
     slot_of = {g: k for k, g in enumerate(graph.group_ids())}
     want_tiles = []
     for i, node in enumerate(order[1:], start=1):
-        per_tile = min(max(2 * (WG_THREADS // min(width[i], 64)), 1), WG_XCOLS)
+        per_tile = min(max(WG_CPT * (WG_THREADS // min(width[i], 64)), 1), WG_XCOLS)
         fan_in = graph.fan_in(node)
         want_tiles += [[i, c0, min(per_tile, fan_in - c0), slot_of.get(node, -1)]
                        for c0 in range(0, fan_in, per_tile)]
