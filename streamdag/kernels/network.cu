@@ -279,9 +279,34 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_b
     int row_stride, int tile_rows) {
   __shared__ float ds[SD_TR][64 + 1];
   __shared__ float ws[64 * 64];
+  __shared__ int qa[64], qw[64], q_all;
   const Node nd = nodes[start + blockIdx.x];
   const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
   const int t = threadIdx.x;
+  // Narrow successors (at most 32 of them, 64 neurons in all: a 16-wide group's usual case)
+  // are staged together, as one chunk of columns q (their neurons, in edge order: the same
+  // order of sums as one successor at a time): qa[q] is the dz column's offset in a row and
+  // qw[q] the weight row's offset. Otherwise q_all stays -1 and successors go one by one.
+  if (t < 32) {
+    const bool few = nd.n_succs <= 32;
+    int4 sc = make_int4(0, 0, 0, 0);
+    if (few && t < nd.n_succs) sc = __ldg(succs + nd.succ_start + t);
+    int end = sc.z;  // inclusive scan of the widths
+    for (int d = 1; d < 32; d <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, end, d);
+      if (t >= d) end += v;
+    }
+    const int total = __shfl_sync(0xffffffffu, end, 31);
+    if (few && total <= 64) {
+      for (int q = 0; q < sc.z; ++q) {
+        qa[end - sc.z + q] = sc.x + q;
+        qw[end - sc.z + q] = sc.y + q * sc.w;
+      }
+    }
+    if (t == 0) q_all = few && total <= 64 ? total : -1;
+  }
+  __syncthreads();
+  const int m_all = q_all;
   for (int k0 = 0; k0 < nd.width; k0 += 64) {
     const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
     const int k = k0 + t % n, r0 = t / n;
@@ -289,7 +314,20 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_b
     float acc[SD_TILE_ITEMS];
 #pragma unroll
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
-    for (int si = 0; si < nd.n_succs; ++si) {
+    if (m_all >= 0) {
+      __syncthreads();  // the previous output chunk's reads are done
+      for (int i = t; i < nb * m_all; i += SD_TILE_THREADS) {
+        const int r = i / m_all, q = i % m_all;
+        ds[r][q] = dz[(long long)(b0 + r) * row_stride + qa[q]];
+      }
+      for (int i = t; i < m_all * n; i += SD_TILE_THREADS) {
+        const int q = i / n, kk = i % n;
+        ws[q * 64 + kk] = __ldg(weight + qw[q] + k0 + kk);
+      }
+      __syncthreads();
+      if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m_all);
+    }
+    for (int si = 0; m_all < 0 && si < nd.n_succs; ++si) {
       const int4 sc = __ldg(succs + nd.succ_start + si);  // act, w_off of our column 0, width, fan_in
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
