@@ -95,6 +95,7 @@ LEVEL_THREADS = 128
 TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block, at most
 TILE_FILL = 2       # blocks per SM a tiled level launch should reach; fewer: shorter tiles
 TILE_MIN_ROWS = 8   # the shortest tile (a power of two)
+TILE_MINB = 4       # SD_TILE_MINB: blocks per SM of sd_*_tiled; launches of more use *_many
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 STEP_THREADS = 512  # default SD_STEP_THREADS
@@ -206,6 +207,7 @@ class CudaBackend(Backend):
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
             "sd_forward_tiled", "sd_splitk_finish", "sd_backward_tiled",
+            "sd_forward_tiled_many", "sd_backward_tiled_many",
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
             "sd_transpose_weights",
             "sd_scatter_input",
@@ -907,17 +909,22 @@ class CudaBackend(Backend):
                 tr //= 2
             return tr
 
+        def tiled(kernel: str, blocks: int) -> Any:  # its variant for this many blocks
+            return self._k[kernel + ("_many" if blocks > TILE_MINB * self._n_sms else "")]
+
         for lv in range(1, out if splits > 1 else out + 1):  # the output too, if not split
             s, n = starts[lv], starts[lv + 1] - starts[lv]
             tr = rows(n)
-            self._launch(self._k["sd_forward_tiled"], (n, math.ceil(batch / tr)),
+            grid = (n, math.ceil(batch / tr))
+            self._launch(tiled("sd_forward_tiled", grid[0] * grid[1]), grid,
                          (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), np.int32(s),
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common, 0,
                          np.int32(0), np.int32(tr), stream=stream)
         o = np.int32(starts[out])
         if splits > 1:
             tr = rows(splits)
-            self._launch(self._k["sd_forward_tiled"], (1, math.ceil(batch / tr), splits),
+            self._launch(tiled("sd_forward_tiled", splits * math.ceil(batch / tr)),
+                         (1, math.ceil(batch / tr), splits),
                          (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), o,
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common,
                          self._b("split_part"), np.int32(SPLIT_COLS), np.int32(tr),
@@ -934,7 +941,8 @@ class CudaBackend(Backend):
             for lv in range(out - 1, 0, -1):
                 s, n = starts[lv], starts[lv + 1] - starts[lv]
                 tr = rows(n)
-                self._launch(self._k["sd_backward_tiled"], (n, math.ceil(batch / tr)),
+                grid = (n, math.ceil(batch / tr))
+                self._launch(tiled("sd_backward_tiled", grid[0] * grid[1]), grid,
                              (TILE_THREADS,), 0, self._b("nodes"), self._b("succs"),
                              np.int32(s), self._b("weight"), self._b("act"), self._b("dh"),
                              self._b("dz"), *common, np.int32(tr), stream=stream)

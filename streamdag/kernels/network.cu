@@ -30,6 +30,7 @@
 //                     (fused and graph modes; the output split over its columns, then
 //                     sd_splitk_finish; tile_rows <= 32)
 //   sd_backward_tiled [grid (count, ceil(B/tile_rows)), block 256]  sd_backward_pull, tiled
+//   sd_forward_tiled_many, sd_backward_tiled_many  the same for launches of many blocks
 //   sd_backward_push  [grid (count, ceil(B/BWD_ROWS)), block 128]  dz of a slice from its
 //                     complete dh, then atomicAdd dz·W into the predecessors' dh (zeroed first)
 //   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
@@ -203,7 +204,7 @@ __device__ __forceinline__ void sd_tile_rows(float* acc, const float* w, int w_s
 // thousands of columns) columns [blockIdx.z * split_cols, +split_cols), raw sums into
 // part[(blockIdx.z * batch + b) * width + o], added up by sd_splitk_finish.
 // [grid (count, ceil(B/tile_rows), splits), block SD_TILE_THREADS]
-extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_forward_tiled(
+__device__ __forceinline__ void sd_forward_tile(
     const Node* __restrict__ nodes, const int* __restrict__ colmap, int start,
     const float* __restrict__ weight_t, const float* __restrict__ bias, float* act,
     int batch, int row_stride, float* part, int split_cols, int tile_rows) {
@@ -254,6 +255,28 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_f
   }
 }
 
+// The kernels: the same code under two register budgets. sd_*_tiled (SD_TILE_MINB blocks
+// per SM) for launches the GPU holds at once, where a block's latency is what counts;
+// sd_*_tiled_many (SD_TILE_MINB_MANY: fewer registers, spilling some) for launches of more
+// blocks than that (a wide level), where more blocks in flight hide their latency.
+#ifndef SD_TILE_MINB_MANY
+#define SD_TILE_MINB_MANY 6
+#endif
+#define SD_FORWARD_TILED_ARGS                                                                 \
+  const Node *__restrict__ nodes, const int *__restrict__ colmap, int start,                  \
+      const float *__restrict__ weight_t, const float *__restrict__ bias, float *act,         \
+      int batch, int row_stride, float *part, int split_cols, int tile_rows
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
+    sd_forward_tiled(SD_FORWARD_TILED_ARGS) {
+  sd_forward_tile(nodes, colmap, start, weight_t, bias, act, batch, row_stride, part,
+                  split_cols, tile_rows);
+}
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB_MANY)
+    sd_forward_tiled_many(SD_FORWARD_TILED_ARGS) {
+  sd_forward_tile(nodes, colmap, start, weight_t, bias, act, batch, row_stride, part,
+                  split_cols, tile_rows);
+}
+
 // act of node `node` from sd_forward_tiled's split-K partials: bias + the splits' sums in
 // split order (ReLU unless the output). [grid ceil(B*width/256), block 256]
 extern "C" __global__ void sd_splitk_finish(const Node* __restrict__ nodes, int node,
@@ -273,7 +296,7 @@ extern "C" __global__ void sd_splitk_finish(const Node* __restrict__ nodes, int 
 // Pull backward of nodes start + blockIdx.x, rows blockIdx.y * tile_rows..: dh from the
 // successors' dz (successor by successor in edge order, each one's neurons in order), then
 // dz = dh where h > 0. [grid (count, ceil(B/tile_rows)), block SD_TILE_THREADS]
-extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_backward_tiled(
+__device__ __forceinline__ void sd_backward_tile(
     const Node* __restrict__ nodes, const int4* __restrict__ succs, int start,
     const float* __restrict__ weight, const float* act, float* dh, float* dz, int batch,
     int row_stride, int tile_rows) {
@@ -355,6 +378,19 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB) sd_b
       }
     }
   }
+}
+
+#define SD_BACKWARD_TILED_ARGS                                                                \
+  const Node *__restrict__ nodes, const int4 *__restrict__ succs, int start,                  \
+      const float *__restrict__ weight, const float *act, float *dh, float *dz, int batch,    \
+      int row_stride, int tile_rows
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
+    sd_backward_tiled(SD_BACKWARD_TILED_ARGS) {
+  sd_backward_tile(nodes, succs, start, weight, act, dh, dz, batch, row_stride, tile_rows);
+}
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB_MANY)
+    sd_backward_tiled_many(SD_BACKWARD_TILED_ARGS) {
+  sd_backward_tile(nodes, succs, start, weight, act, dh, dz, batch, row_stride, tile_rows);
 }
 
 // Softmax cross-entropy of the output node; writes loss/correct per row and dz (= dh) of the

@@ -133,6 +133,29 @@ def test_large_batch_and_wide_groups(mode: str, backward: str) -> None:
     run_both(mode, backward, graph, seed=7, batch=4096, steps=3)
 
 
+@pytest.mark.parametrize("mode", ["fused", "graph"])
+def test_levels_of_many_blocks_use_the_many_block_kernels(mode: str, monkeypatch) -> None:
+    # two levels wide enough that their launches (8 tiles of 32 rows each at batch 256) hold
+    # more blocks than TILE_MINB per SM: the *_many kernels run, and match the reference
+    from streamdag.backends.cuda import TILE_MINB, CudaBackend
+    from streamdag.driver import Gpu
+
+    per_level = TILE_MINB * Gpu(0).multiprocessors // 8 + 1
+    graph = NetworkGraph.from_edges(
+        n_inputs=20, n_classes=5, widths=[16] * (2 * per_level),
+        preds=[[-1]] * per_level + [[i, (i + 1) % per_level] for i in range(per_level)])
+    launched: set[str] = set()
+    launch = CudaBackend._launch
+
+    def recorded(self: Any, kernel: Any, *args: Any, **kw: Any) -> None:
+        launched.update(name for name, k in self._k.items() if k is kernel)
+        launch(self, kernel, *args, **kw)
+
+    monkeypatch.setattr(CudaBackend, "_launch", recorded)
+    run_both(mode, "pull", graph, seed=3, batch=256, steps=3, mutate_at=(1,))
+    assert {"sd_forward_tiled_many", "sd_backward_tiled_many"} <= launched
+
+
 def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
                                     params: ParamStore) -> None:
     """Every table ``kernels/tables.cu`` built equals ``NetTables.build``'s, byte for byte."""
