@@ -30,16 +30,21 @@ A step is a handful of launches whose shape depends on ``mode``:
   the flags) uses ``sd_step_rows``, which separates whole levels with ``__syncthreads``.
   Then ``sd_wgrad_update`` (weight gradient, SGD step, growth statistics; one block per tile
   of one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches a step.
-* ``fused``: one grouped launch per DAG level and phase (``sd_forward`` /
-  ``sd_backward_pull`` or ``sd_backward_push`` over a level's node slice), then the same
-  weight-gradient and loss launches: ``2 × levels + 4`` launches.
+* ``fused``: one grouped launch per DAG level and phase (``sd_forward_tiled`` /
+  ``sd_backward_tiled``, or ``sd_backward_push``, over a level's node slice; tiles of 32, 16
+  or 8 batch rows, the shorter where a level is too small to fill the GPU, and the
+  ``*_many`` build of the same kernels for launches of more blocks than it holds at once;
+  the output's forward split over its columns), then the same weight-gradient and loss
+  launches: about ``2 × levels + 5`` launches.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
   after a mutation.
 * ``streams``: the literal design, through :mod:`streamdag.scheduler`: one task per group
   for its forward and one for its backward (plus softmax, one weight-update task for all
   groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
-  edge the transitive reduction keeps, launched one by one from Python. The plan and the
-  bound executor are rebuilt after a mutation. It is the baseline the other modes beat.
+  edge the transitive reduction keeps, launched one by one from Python. After a mutation
+  the plan is made again, but the surviving groups' tasks and their bound launches are kept
+  (a task names its group through ``task_nodes``, not by table index; see
+  ``_launch_streams``). It is the baseline the other modes beat.
 
 Kernels and their reference functions are listed in ``kernels/network.cu``.
 

@@ -548,7 +548,7 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     // A thread owns output oo and columns c1 + m * tp (m < cnt) of the tile: one dz read
     // for cnt FMAs.
     int cpt = 1;
-    while (no * ((tc + cpt - 1) / cpt) > SD_WG_THREADS) cpt <<= 1;
+    while (cpt < SD_WG_CPT && no * ((tc + cpt - 1) / cpt) > SD_WG_THREADS) cpt <<= 1;
     const int tp = (tc + cpt - 1) / cpt;
     const bool mine = threadIdx.x < no * tp;
     const int oo = threadIdx.x / tp, c1 = threadIdx.x % tp;

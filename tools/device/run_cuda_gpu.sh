@@ -18,7 +18,7 @@ from test_cuda_backend import random_dag
 rng = np.random.default_rng(5)
 g = random_dag(rng, 12); p = ParamStore.initialize(g, rng)
 x = rng.standard_normal((37, g.n_inputs)).astype(np.float32); y = rng.integers(0, g.n_classes, 37)
-for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull")]:
+for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull"), ("streams", "pull")]:
     gg, pp = g.copy(), p.copy(); b = CudaBackend(mode=mode, backward=bwd)
     b.track_scores((0.9, 0.9), {}, {})  # growth scores on the device
     for i in range(2): print(mode, bwd, b.step(gg, pp, x, y, lr=0.1, momentum=0.9).loss)
