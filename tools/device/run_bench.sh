@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# Runs the full dag-bench on a GPU machine in one call: presets S, M, L and wide (4 layers x 1,024 groups), the mutation benchmark
-# (S and M) and the scaling sweep (G 256..16384 at W=16, W 4..64 at G=1024), every contender in
-# one process. Writes results.json, results.md, scaling_*.png, gpu.txt and bench.log to $OUT
-# (default /tmp/streamdag-bench). Exit status: the benchmark's.
+# Runs dag-bench on a GPU machine: presets S, M, L with the mutation benchmark (S and M), then
+# wide (4 layers x 1,024 groups), S64 and the scaling sweep (G 256..16384 at W=16, W 4..64 at
+# G=1024), every contender of a part in one process. Each part writes results.json,
+# results.md, scaling_*.png, gpu.txt and bench.log to $OUT/<part> (default OUT
+# /tmp/streamdag-bench). The device tool stops a call at 10 minutes and the two parts take
+# ~5-6 minutes each there: run them in two calls. Exit status: the last benchmark's.
 # Usage (repo root; structlog wheels carried in .whl/, see /work/shared/device/prep-wheels.sh):
-#   bash tools/device/run_bench.sh [extra streamdag bench options]
+#   bash tools/device/run_bench.sh [main|sweep|all] [extra streamdag bench options]
 set -uo pipefail
 OUT=${OUT:-/tmp/streamdag-bench}
-mkdir -p "$OUT"
+part=${1:-all}
+[ $# -gt 0 ] && shift
 source tools/device/env.sh
-
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
-  date -u
-  $PY -c "import torch, numpy, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, 'python', sys.version.split()[0])"
-  $PY -m streamdag.cli info; } 2>&1 | tee "$OUT/gpu.txt"
 
 # Ten mutation batches per contender (fewer where the budget runs out): the host side of a batch
 # varies by ~30% from run to run on the GPU hosts, and a median of three moved with it.
@@ -23,7 +21,22 @@ source tools/device/env.sh
 # 3.2e-4 in the 3rd-step loss at M (lr 0.01 makes the loss rise ~20% in 3 steps and ReLU mask
 # flips amplify rounding; a float64 reference does not help) while a 10% lr error gives 5.6e-3.
 # See docs/benchmark.md.
-$PY -m streamdag.cli bench --preset S,M,L,wide --mutation-presets S,M --mutation-repeats 10 --sweep --steps 20 \
-  --budget-s 30 --gate-rtol 1e-3 \
-  --no-progress --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
-exit "${PIPESTATUS[0]}"
+run_part() {  # name, bench options...
+  local dir="$OUT/$1"; shift
+  mkdir -p "$dir"
+  { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    date -u
+    $PY -c "import torch, numpy, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, 'python', sys.version.split()[0])"
+    $PY -m streamdag.cli info; } 2>&1 | tee "$dir/gpu.txt"
+  $PY -m streamdag.cli bench "$@" --steps 20 --budget-s 30 --gate-rtol 1e-3 --no-progress \
+    --out "$dir" 2>&1 | tee "$dir/bench.log"
+  status=${PIPESTATUS[0]}
+}
+status=0
+case "$part" in
+  main|all) run_part main --preset S,M,L --mutation-presets S,M --mutation-repeats 10 "$@" ;;&
+  sweep|all) run_part sweep --preset wide,S64 --sweep "$@" ;;
+  main) ;;
+  *) echo "usage: run_bench.sh [main|sweep|all] [bench options]" >&2; exit 2 ;;
+esac
+exit "$status"
