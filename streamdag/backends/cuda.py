@@ -45,6 +45,9 @@ A step is a handful of launches whose shape depends on ``mode``:
   the plan is made again, but the surviving groups' tasks and their bound launches are kept
   (a task names its group through ``task_nodes``, not by table index; see
   ``_launch_streams``). It is the baseline the other modes beat.
+* ``streams-graph``: the same task plan replayed as one CUDA graph (a kernel node per task,
+  the plan's dependencies as edges; :class:`~streamdag.scheduler.CudaExecutor` in graph
+  mode), instantiated again after a mutation.
 
 Kernels and their reference functions are listed in ``kernels/network.cu``.
 
@@ -91,7 +94,7 @@ __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "unavailable
 
 _F32 = np.dtype(np.float32)
 
-MODES = ("persistent", "fused", "graph", "streams")
+MODES = ("persistent", "fused", "graph", "streams", "streams-graph")
 BACKWARDS = ("pull", "push")
 KERNEL_FILE = "network.cu"
 FWD_ROWS = 8      # SD_FWD_ROWS
@@ -167,14 +170,14 @@ class CudaBackend(Backend):
     """Training steps on an NVIDIA GPU.
 
     Args:
-        mode: ``"persistent"`` (default), ``"fused"``, ``"graph"`` or ``"streams"`` (see the
-            module note).
+        mode: ``"persistent"`` (default), ``"fused"``, ``"graph"``, ``"streams"`` or
+            ``"streams-graph"`` (see the module note).
         backward: ``"pull"`` (deterministic gather, default) or ``"push"`` (atomic adds;
             ``fused``/``graph`` modes only).
         device: the CUDA device ordinal.
         rows_per_block: batch rows per block in ``persistent`` mode (default: spread the
             batch over the multiprocessors).
-        streams: CUDA streams of the ``streams`` mode.
+        streams: CUDA streams of the ``streams`` modes.
         step_threads: block size of the ``persistent`` kernels (more threads, more groups in
             flight, but fewer registers each: 1024 threads spill).
         dataflow: in ``persistent`` mode, let each group wait only for its own inputs
@@ -195,7 +198,7 @@ class CudaBackend(Backend):
             raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
         if backward not in BACKWARDS:
             raise ConfigError(f"backward must be pull or push, got {backward!r}")
-        if backward == "push" and mode in ("persistent", "streams"):
+        if backward == "push" and mode in ("persistent", "streams", "streams-graph"):
             raise ConfigError(f"push backward needs mode fused or graph ({mode} pulls)")
         from .. import driver, kernels
 
@@ -278,7 +281,7 @@ class CudaBackend(Backend):
         self._refresh_weight_t()
         if self.mode == "persistent":
             self._launch_persistent(batch, forward_only=False)
-        elif self.mode == "streams":
+        elif self.mode in ("streams", "streams-graph"):
             self._launch_streams(batch)
         elif self.mode == "fused":
             self._ensure_split_buffer(batch)
@@ -395,7 +398,7 @@ class CudaBackend(Backend):
         upload what they need, with the arrays ``also`` (into the buffers they name), in
         one staged copy."""
         self._tables = self._host_tables = None  # until the device holds the new ones
-        if self.mode == "streams":
+        if self.mode in ("streams", "streams-graph"):
             h = NetTables.build(graph, params)
             # a task names its node by a key that survives mutations (task_nodes[key] is
             # its table index; task_nodes[0] the row stride), so a group's tasks keep their
@@ -979,8 +982,9 @@ class CudaBackend(Backend):
             plan = make_plan(self._step_task_graph(batch), streams=self._streams,
                              policy="critical_path")
             old, self._executor = self._executor, None  # a failed bind leaves none
-            self._executor = CudaExecutor(plan, self._bufs, gpu=self.gpu, mode="streams",
-                                          reuse=old)
+            self._executor = CudaExecutor(
+                plan, self._bufs, gpu=self.gpu, reuse=old,
+                mode="graph" if self.mode == "streams-graph" else "streams")
             self._executor_key = key
         self.stream.sync()  # the batch and hyper-parameters are queued on self.stream
         self._executor.run(sync=True)

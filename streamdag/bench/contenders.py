@@ -259,6 +259,7 @@ CONTENDERS: dict[str, Contender] = {
         _torch_contender("levels"),
         _torch_contender("levels-graph"),
         _streamdag_contender("streamdag-streams", "streams", "pull"),
+        _streamdag_contender("streamdag-streams-graph", "streams-graph", "pull"),
         _streamdag_contender("streamdag-graph", "graph", "pull"),
         _streamdag_contender("streamdag-fused", "fused", "pull"),
         _streamdag_contender("streamdag-fused-push", "fused", "push"),

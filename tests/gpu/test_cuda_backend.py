@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gpu
 
 # (mode, backward); "levels" is the persistent mode with level barriers instead of dataflow
 MODES = [("persistent", "pull"), ("levels", "pull"), ("fused", "pull"), ("fused", "push"),
-         ("graph", "pull"), ("streams", "pull")]
+         ("graph", "pull"), ("streams", "pull"), ("streams-graph", "pull")]
 
 
 def make_backend(mode: str, backward: str) -> Any:
