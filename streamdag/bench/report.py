@@ -85,7 +85,10 @@ def _step_table(rs: list[dict[str, Any]]) -> list[str]:
             extra = ", ".join(f"{k[:-3]} {_ms(v)}" for k, v in r.get("phases_ms", {}).items())
         else:
             extra = r.get("note", "")
-            if r.get("setup_ms") is not None and "graph" in r["contender"]:
+            # PyTorch's graph contenders capture while they are built; streamdag's capture
+            # (or build their graph definition) in their first step, which setup_ms omits
+            if r.get("setup_ms") is not None and r["contender"].startswith("torch-") and (
+                    "graph" in r["contender"]):
                 extra = (extra + "; " if extra else "") + f"build+capture {_ms(r['setup_ms'])} ms"
             mem = r.get("device_memory")
             if mem and mem["needed_bytes"]:

@@ -92,6 +92,17 @@ def test_a_wrong_contender_fails_the_gate_and_is_not_timed() -> None:
     assert "numpy-wrong-lr | — |" in render_markdown(records)
 
 
+def test_build_and_capture_is_reported_only_where_it_was_timed() -> None:
+    # PyTorch graph contenders capture while built (setup_ms); streamdag's graph modes build
+    # their graph in the first step, so their setup_ms is no capture time
+    (rec,) = run_suite(SuiteOptions([SMOKE], ["numpy-serial"], progress=False))
+    md = render_markdown([{**rec, "contender": "torch-graph", "setup_ms": 7.0},
+                          {**rec, "contender": "streamdag-graph", "setup_ms": 7.0}])
+    torch_row = next(line for line in md.splitlines() if line.startswith("| torch-graph"))
+    ours = next(line for line in md.splitlines() if line.startswith("| streamdag-graph"))
+    assert "build+capture 7" in torch_row and "build+capture" not in ours
+
+
 def test_over_budget_contender_is_skipped_not_extrapolated() -> None:
     work = build_workload(SMOKE)
     slow = Contender("slow", lambda device: None, CONTENDERS["numpy-serial"].build)
