@@ -56,6 +56,7 @@
 #define SD_BWD_ROWS 8
 #ifndef SD_WG_ROWCHUNK  // batch rows staged per round by the weight-gradient kernel
 #define SD_WG_ROWCHUNK 64
+#define SD_WG_STAGE_U 4  // rows staged at a time (2 or 8: slower)
 #endif
 
 #include "node.cuh"  // struct Node
@@ -159,6 +160,35 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
 #define SD_TILE_MINB 4
 #endif
 
+// Stages a rows × cols block (cols <= SD_TILE_THREADS) into shared memory: store(r, c,
+// load(r, c)). Thread t keeps column t % cols and steps rows from t / cols, so no index is
+// divided per element; U of its rows at a time, every load issued before any store (a plain
+// loop issues each load after the previous element's store, one memory latency apiece).
+// U = 4 where a thread stages 8 rows or more (a 64-wide node's weights), else 2 (H100,
+// graph mode: 4 everywhere cost M 4% (3.59 -> 3.72 ms), 2 everywhere cost S64 15%).
+template <int U, class Load, class Store>
+__device__ __forceinline__ void sd_stage_rows(int rows, int r_first, int step, int c, Load load,
+                                              Store store) {
+  for (int r0 = r_first; r0 < rows; r0 += U * step) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int r = r0 + u * step;
+      v[u] = r < rows ? load(r, c) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (r0 + u * step < rows) store(r0 + u * step, c, v[u]);
+  }
+}
+template <class Load, class Store>
+__device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store store) {
+  const int t = threadIdx.x, step = SD_TILE_THREADS / cols;
+  if (t >= step * cols) return;
+  if (rows >= 8 * step) sd_stage_rows<4>(rows, t / cols, step, t % cols, load, store);
+  else sd_stage_rows<2>(rows, t / cols, step, t % cols, load, store);
+}
+
 // acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c], in c order, for the NJ
 // rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their sums are
 // never stored). The weight is loaded once for the NJ rows.
@@ -227,15 +257,14 @@ __device__ __forceinline__ void sd_forward_tile(
       const int kc = min(SD_TK, c_end - c0);
       __syncthreads();  // the previous chunk's reads are done
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
-      for (int i = t; i < kc * n; i += SD_TILE_THREADS) {
-        const int c = i / n, k = i % n;
-        ws[c * 64 + k] = __ldg(weight_t + nd.w_off + (long long)(c0 + c) * nd.width + o0 + k);
-      }
+      sd_stage(kc, n,
+               [&](int c, int k) {
+                 return __ldg(weight_t + nd.w_off + (long long)(c0 + c) * nd.width + o0 + k);
+               },
+               [&](int c, int k, float v) { ws[c * 64 + k] = v; });
       __syncthreads();
-      for (int i = t; i < nb * kc; i += SD_TILE_THREADS) {
-        const int r = i / kc, c = i % kc;
-        xs[r][c] = act[(long long)(b0 + r) * row_stride + cm[c]];
-      }
+      sd_stage(nb, kc, [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
+               [&](int r, int c, float v) { xs[r][c] = v; });
       __syncthreads();
       if (active) sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc);
     }
@@ -339,14 +368,11 @@ __device__ __forceinline__ void sd_backward_tile(
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
     if (m_all >= 0) {
       __syncthreads();  // the previous output chunk's reads are done
-      for (int i = t; i < nb * m_all; i += SD_TILE_THREADS) {
-        const int r = i / m_all, q = i % m_all;
-        ds[r][q] = dz[(long long)(b0 + r) * row_stride + qa[q]];
-      }
-      for (int i = t; i < m_all * n; i += SD_TILE_THREADS) {
-        const int q = i / n, kk = i % n;
-        ws[q * 64 + kk] = __ldg(weight + qw[q] + k0 + kk);
-      }
+      sd_stage(nb, m_all,
+               [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q]]; },
+               [&](int r, int q, float v) { ds[r][q] = v; });
+      sd_stage(m_all, n, [&](int q, int kk) { return __ldg(weight + qw[q] + k0 + kk); },
+               [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
       __syncthreads();
       if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m_all);
     }
@@ -355,14 +381,14 @@ __device__ __forceinline__ void sd_backward_tile(
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
         __syncthreads();
-        for (int i = t; i < nb * m; i += SD_TILE_THREADS) {
-          const int r = i / m, q = i % m;
-          ds[r][q] = dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q];
-        }
-        for (int i = t; i < m * n; i += SD_TILE_THREADS) {
-          const int q = i / n, kk = i % n;
-          ws[q * 64 + kk] = __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
-        }
+        sd_stage(nb, m,
+                 [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
+                 [&](int r, int q, float v) { ds[r][q] = v; });
+        sd_stage(m, n,
+                 [&](int q, int kk) {
+                   return __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
+                 },
+                 [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
         __syncthreads();
         if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
       }
@@ -560,20 +586,43 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     for (int b0 = 0; b0 < batch; b0 += SD_WG_ROWCHUNK) {
       const int nb = min(SD_WG_ROWCHUNK, batch - b0);
       __syncthreads();
+      // SD_WG_STAGE_U rows at a time, every load before any store (see sd_stage).
       if (xr < xstep)
-        for (int r = xr; r < nb; r += xstep)
-          xs[r][xc] = act[(long long)(b0 + r) * row_stride + xoff];
+        for (int r0 = xr; r0 < nb; r0 += SD_WG_STAGE_U * xstep) {
+          float v[SD_WG_STAGE_U];
+#pragma unroll
+          for (int u = 0; u < SD_WG_STAGE_U; ++u) {
+            const int r = r0 + u * xstep;
+            v[u] = r < nb ? act[(long long)(b0 + r) * row_stride + xoff] : 0.f;
+          }
+#pragma unroll
+          for (int u = 0; u < SD_WG_STAGE_U; ++u)
+            if (r0 + u * xstep < nb) xs[r0 + u * xstep][xc] = v[u];
+        }
       if (dr < dstep)
-        for (int r = dr; r < nb; r += dstep) {
-          const long long j = (long long)(b0 + r) * row_stride + nd.act + o0 + dc;
-          const float d = dz[j];
-          ds[r][dc] = d;
-          dbp += d;
-          if (stats) {
-            const double g = dh[j];
-            s += g;
-            s2 += g * g;
-            a += act[j];
+        for (int r0 = dr; r0 < nb; r0 += SD_WG_STAGE_U * dstep) {
+          float d[SD_WG_STAGE_U], g[SD_WG_STAGE_U], h[SD_WG_STAGE_U];
+#pragma unroll
+          for (int u = 0; u < SD_WG_STAGE_U; ++u) {
+            const int r = r0 + u * dstep;
+            const long long j = (long long)(b0 + min(r, nb - 1)) * row_stride + nd.act + o0 + dc;
+            d[u] = dz[j];
+            if (stats) {
+              g[u] = dh[j];
+              h[u] = act[j];
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < SD_WG_STAGE_U; ++u) {
+            const int r = r0 + u * dstep;
+            if (r >= nb) break;
+            ds[r][dc] = d[u];
+            dbp += d[u];
+            if (stats) {
+              s += (double)g[u];
+              s2 += (double)g[u] * g[u];
+              a += h[u];
+            }
           }
         }
       __syncthreads();
