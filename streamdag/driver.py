@@ -336,9 +336,17 @@ def device_pointer(buf: Handle) -> int:
     return int(buf.handle)
 
 
-def launch_config(grid: Sequence[int], block: Sequence[int], shmem_bytes: int = 0) -> Handle:
-    """A reusable launch configuration (build once per shape: it costs ~1 µs to make)."""
-    return _core().LaunchConfig(grid=tuple(grid), block=tuple(block), shmem_size=shmem_bytes)
+def launch_config(grid: Sequence[int], block: Sequence[int], shmem_bytes: int = 0, *,
+                  early: bool = False) -> Handle:
+    """A reusable launch configuration (build once per shape: it costs ~1 µs to make).
+
+    ``early``: programmatic dependent launch (sm_90+): the kernel may start before the one
+    ahead of it in its stream (or graph) has finished, once that one's blocks all ran
+    ``griddepcontrol.launch_dependents``; it must run ``griddepcontrol.wait`` before it
+    touches anything the earlier kernel writes (which waits for that kernel to finish).
+    """
+    return _core().LaunchConfig(grid=tuple(grid), block=tuple(block), shmem_size=shmem_bytes,
+                                programmatic_stream_serialization=early)
 
 
 def launcher() -> Any:

@@ -228,6 +228,9 @@ class CudaBackend(Backend):
             "sd_copy2d", "sd_move_slots", "sd_replay", "sd_ema_update", "sd_ema_remap",
             "sd_ema_select")}
         self._n_sms = self.gpu.multiprocessors
+        # the tiled level kernels start early (programmatic dependent launch, sm_90+): each
+        # stages its tables and weights while the level before it finishes (see _launch_levels)
+        self._early = int(self.gpu.arch.removeprefix("sm_")) >= 90
         self._rows_per_block = rows_per_block
         self._dataflow = dataflow
         self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
@@ -799,17 +802,18 @@ class CudaBackend(Backend):
             self._hyper = h
 
     # ------------------------------------------------------------------ launches
-    def _cfg(self, grid: tuple[int, ...], block: tuple[int, ...], shmem: int = 0) -> Any:
-        key = (grid, block, shmem)
+    def _cfg(self, grid: tuple[int, ...], block: tuple[int, ...], shmem: int = 0,
+             early: bool = False) -> Any:
+        key = (grid, block, shmem, early)
         cfg = self._configs.get(key)
         if cfg is None:
-            cfg = self._configs[key] = self._drv.launch_config(grid, block, shmem)
+            cfg = self._configs[key] = self._drv.launch_config(grid, block, shmem, early=early)
         return cfg
 
     def _launch(self, kernel: Any, grid: tuple[int, ...], block: tuple[int, ...], shmem: int,
-                *args: Any, stream: Any = None) -> None:
+                *args: Any, stream: Any = None, early: bool = False) -> None:
         self._drv.launch(stream if stream is not None else self.stream,
-                         self._cfg(grid, block, shmem), kernel, args)
+                         self._cfg(grid, block, shmem, early), kernel, args)
 
     def _launch_persistent(self, batch: int, *, forward_only: bool) -> None:
         launches = self._persistent_launches(batch, forward_only)
@@ -910,6 +914,12 @@ class CudaBackend(Backend):
         starts = t.level_start.tolist()
         out, splits = t.n_levels - 1, self._splits()
         fill = TILE_FILL * self._n_sms
+        # A tiled kernel launched early loads its node records, index tables and weights
+        # (which no kernel of the step writes before the update) while the kernel ahead of
+        # it runs, and waits for that one (`griddepcontrol.wait`) before it reads what the
+        # step writes. Waiting on the kernel ahead is enough: that one waited on its own
+        # before it finished, and so on back. The other launches start as usual.
+        early = self._early
 
         def rows(blocks: int) -> int:  # tile rows where a tile of each of `blocks` fills
             tr = TILE_ROWS
@@ -927,7 +937,7 @@ class CudaBackend(Backend):
             self._launch(tiled("sd_forward_tiled", grid[0] * grid[1]), grid,
                          (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), np.int32(s),
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common, 0,
-                         np.int32(0), np.int32(tr), stream=stream)
+                         np.int32(0), np.int32(tr), stream=stream, early=early)
         o = np.int32(starts[out])
         if splits > 1:
             tr = rows(splits)
@@ -936,7 +946,7 @@ class CudaBackend(Backend):
                          (TILE_THREADS,), 0, self._b("nodes"), self._b("colmap"), o,
                          self._b("weight_t"), self._b("bias"), self._b("act"), *common,
                          self._b("split_part"), np.int32(SPLIT_COLS), np.int32(tr),
-                         stream=stream)
+                         stream=stream, early=early)
             self._launch(self._k["sd_splitk_finish"],
                          (math.ceil(batch * t.n_classes / 256),), (256,), 0,
                          self._b("nodes"), o, self._b("split_part"), np.int32(splits),
@@ -953,7 +963,8 @@ class CudaBackend(Backend):
                 self._launch(tiled("sd_backward_tiled", grid[0] * grid[1]), grid,
                              (TILE_THREADS,), 0, self._b("nodes"), self._b("succs"),
                              np.int32(s), self._b("weight"), self._b("act"), self._b("dh"),
-                             self._b("dz"), *common, np.int32(tr), stream=stream)
+                             self._b("dz"), *common, np.int32(tr), stream=stream,
+                             early=early)
         else:
             bwd_rows = math.ceil(batch / BWD_ROWS)
             self.gpu.memset(self._b("dh"), 0, nbytes=4 * batch * t.row_stride, stream=stream)

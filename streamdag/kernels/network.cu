@@ -160,6 +160,21 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
 #define SD_TILE_MINB 4
 #endif
 
+// Programmatic dependent launch (sm_90+; the host sets it on the tiled level launches, see
+// CudaBackend._launch_levels): sd_let_next_start lets the next kernel of the stream start
+// once every block of this one ran it; sd_wait_previous waits until the kernel before this
+// one has finished and its writes are visible (at once when launched without the flag).
+__device__ __forceinline__ void sd_let_next_start() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void sd_wait_previous() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Stages a rows × cols block (cols <= SD_TILE_THREADS) into shared memory: store(r, c,
 // load(r, c)). Thread t keeps column t % cols and steps rows from t / cols, so no index is
 // divided per element; U of its rows at a time, every load issued before any store (a plain
@@ -246,6 +261,7 @@ __device__ __forceinline__ void sd_forward_tile(
   const int c_begin = part ? blockIdx.z * split_cols : 0;
   const int c_end = part ? min(nd.fan_in, c_begin + split_cols) : nd.fan_in;
   const int t = threadIdx.x;
+  sd_let_next_start();
   for (int o0 = 0; o0 < nd.width; o0 += 64) {
     const int n = min(64, nd.width - o0), groups = SD_TILE_THREADS / n;
     const int o = o0 + t % n, r0 = t / n;
@@ -263,11 +279,13 @@ __device__ __forceinline__ void sd_forward_tile(
                },
                [&](int c, int k, float v) { ws[c * 64 + k] = v; });
       __syncthreads();
+      sd_wait_previous();  // what came before: the tables and weights; from here the activations
       sd_stage(nb, kc, [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
                [&](int r, int c, float v) { xs[r][c] = v; });
       __syncthreads();
       if (active) sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc);
     }
+    sd_wait_previous();  // (already, unless the node has no input column)
     if (active) {
 #pragma unroll
       for (int j = 0; j < SD_TILE_ITEMS; ++j) {
@@ -358,6 +376,7 @@ __device__ __forceinline__ void sd_backward_tile(
     if (t == 0) q_all = few && total <= 64 ? total : -1;
   }
   __syncthreads();
+  sd_let_next_start();
   const int m_all = q_all;
   for (int k0 = 0; k0 < nd.width; k0 += 64) {
     const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
@@ -368,11 +387,12 @@ __device__ __forceinline__ void sd_backward_tile(
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
     if (m_all >= 0) {
       __syncthreads();  // the previous output chunk's reads are done
+      sd_stage(m_all, n, [&](int q, int kk) { return __ldg(weight + qw[q] + k0 + kk); },
+               [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
+      sd_wait_previous();  // the weights before, the successors' dz after
       sd_stage(nb, m_all,
                [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q]]; },
                [&](int r, int q, float v) { ds[r][q] = v; });
-      sd_stage(m_all, n, [&](int q, int kk) { return __ldg(weight + qw[q] + k0 + kk); },
-               [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
       __syncthreads();
       if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m_all);
     }
@@ -381,18 +401,20 @@ __device__ __forceinline__ void sd_backward_tile(
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
         __syncthreads();
-        sd_stage(nb, m,
-                 [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
-                 [&](int r, int q, float v) { ds[r][q] = v; });
         sd_stage(m, n,
                  [&](int q, int kk) {
                    return __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
                  },
                  [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
+        sd_wait_previous();
+        sd_stage(nb, m,
+                 [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
+                 [&](int r, int q, float v) { ds[r][q] = v; });
         __syncthreads();
         if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
       }
     }
+    sd_wait_previous();  // (already, unless no successor column was staged)
     if (active) {
 #pragma unroll
       for (int j = 0; j < SD_TILE_ITEMS; ++j) {
