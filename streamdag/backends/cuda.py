@@ -33,7 +33,8 @@ A step is a handful of launches whose shape depends on ``mode``:
 * ``fused``: one grouped launch per DAG level and phase (``sd_forward_tiled`` /
   ``sd_backward_tiled``, or ``sd_backward_push``, over a level's node slice; tiles of 32, 16
   or 8 batch rows, the shorter where a level is too small to fill the GPU, and the
-  ``*_many`` build of the same kernels for launches of more blocks than it holds at once;
+  ``*_many`` build of the same kernels for launches of more blocks than it holds at once,
+  the ``*_wide`` build, with float4 weight staging, for networks of groups 32 wide or more;
   the output's forward split over its columns), then the same weight-gradient and loss
   launches: about ``2 × levels + 5`` launches.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
@@ -104,6 +105,7 @@ TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block, at most
 TILE_FILL = 2       # blocks per SM a tiled level launch should reach; fewer: shorter tiles
 TILE_MIN_ROWS = 8   # the shortest tile (a power of two)
 TILE_MINB = 4       # SD_TILE_MINB: blocks per SM of sd_*_tiled; launches of more use *_many
+TILE_WIDE_WIDTH = 32  # networks with a group this wide launch sd_*_tiled_wide instead
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 STEP_THREADS = 512  # default SD_STEP_THREADS
@@ -215,7 +217,8 @@ class CudaBackend(Backend):
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
             "sd_forward_tiled", "sd_splitk_finish", "sd_backward_tiled",
-            "sd_forward_tiled_many", "sd_backward_tiled_many",
+            "sd_forward_tiled_many", "sd_backward_tiled_many", "sd_forward_tiled_wide",
+            "sd_backward_tiled_wide",
             "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
             "sd_transpose_weights",
             "sd_scatter_input",
@@ -927,8 +930,10 @@ class CudaBackend(Backend):
                 tr //= 2
             return tr
 
-        def tiled(kernel: str, blocks: int) -> Any:  # its variant for this many blocks
-            return self._k[kernel + ("_many" if blocks > TILE_MINB * self._n_sms else "")]
+        wide = "_wide" if t.max_width >= TILE_WIDE_WIDTH else ""
+
+        def tiled(kernel: str, blocks: int) -> Any:  # its build for this many blocks
+            return self._k[kernel + ("_many" if blocks > TILE_MINB * self._n_sms else wide)]
 
         for lv in range(1, out if splits > 1 else out + 1):  # the output too, if not split
             s, n = starts[lv], starts[lv + 1] - starts[lv]

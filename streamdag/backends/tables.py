@@ -71,7 +71,8 @@ class NetTables:
         return TableShape(n_nodes=len(self.nodes), n_tiles=len(self.tiles),
                           row_stride=self.row_stride, n_inputs=int(self.nodes[0, 0]),
                           n_classes=int(self.nodes[-1, 0]), level_start=self.level_start,
-                          group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]))
+                          group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]),
+                          max_width=int(self.nodes[1:-1, 0].max(initial=0)))
 
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
@@ -182,6 +183,8 @@ class TableShape:
         n_inputs, n_classes: the widths of the input (node 0) and the output (the last).
         level_start, group_ids: as in :class:`NetTables`.
         out_fan_in: the output's input columns (the level kernels split them over blocks).
+        max_width: the widest group's width (0 without groups): which build of the level
+            kernels to launch.
     """
 
     n_nodes: int
@@ -192,6 +195,7 @@ class TableShape:
     level_start: np.ndarray
     group_ids: np.ndarray
     out_fan_in: int
+    max_width: int
 
     @property
     def n_levels(self) -> int:
@@ -268,7 +272,8 @@ class TableInputs:
         return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=row_stride,
                           n_inputs=self.n_inputs, n_classes=self.n_classes,
                           level_start=self.level_start, group_ids=self.group_ids,
-                          out_fan_in=int(w_ext.take(self.out_preds).sum()))
+                          out_fan_in=int(w_ext.take(self.out_preds).sum()),
+                          max_width=int(self.width.take(self.order).max(initial=0)))
 
 
 def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:

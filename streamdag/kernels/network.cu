@@ -31,6 +31,7 @@
 //                     sd_splitk_finish; tile_rows <= 32)
 //   sd_backward_tiled [grid (count, ceil(B/tile_rows)), block 256]  sd_backward_pull, tiled
 //   sd_forward_tiled_many, sd_backward_tiled_many  the same for launches of many blocks
+//   sd_forward_tiled_wide, sd_backward_tiled_wide  the same for groups 32 wide or more
 //   sd_backward_push  [grid (count, ceil(B/BWD_ROWS)), block 128]  dz of a slice from its
 //                     complete dh, then atomicAdd dz·W into the predecessors' dh (zeroed first)
 //   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
@@ -204,6 +205,25 @@ __device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store st
   else sd_stage_rows<2>(rows, t / cols, step, t % cols, load, store);
 }
 
+// sd_stage of a weight slab whose rows are runs of cols floats (cols % 4 == 0) starting
+// 16-byte aligned, from row(r) into the 16-byte aligned shared rows dst(r): float4 loads and
+// stores, 4 of them in flight per thread (a 64 × 64 slab: one round instead of four).
+template <class Row, class Dst>
+__device__ __forceinline__ void sd_stage_vec(int rows, int cols, Row row, Dst dst) {
+  const int quads = cols >> 2, t = threadIdx.x, step = SD_TILE_THREADS / quads;
+  if (t >= step * quads) return;
+  const int c = (t % quads) << 2;
+  for (int r0 = t / quads; r0 < rows; r0 += 4 * step) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (r0 + u * step < rows) v[u] = __ldg(reinterpret_cast<const float4*>(row(r0 + u * step) + c));
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (r0 + u * step < rows) *reinterpret_cast<float4*>(dst(r0 + u * step) + c) = v[u];
+  }
+}
+
 // acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c], in c order, for the NJ
 // rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their sums are
 // never stored). The weight is loaded once for the NJ rows.
@@ -249,12 +269,18 @@ __device__ __forceinline__ void sd_tile_rows(float* acc, const float* w, int w_s
 // thousands of columns) columns [blockIdx.z * split_cols, +split_cols), raw sums into
 // part[(blockIdx.z * batch + b) * width + o], added up by sd_splitk_finish.
 // [grid (count, ceil(B/tile_rows), splits), block SD_TILE_THREADS]
+// ROOMY (the sd_*_tiled builds, not *_many, whose smaller register budget it would spill):
+// the bias is loaded before the wait (sd_wait_previous), not after the sums. VEC (the
+// *_wide build, for networks of groups 32 wide or more): weight slabs of 8 floats or more
+// per thread, when aligned, are staged with float4 loads (sd_stage_vec); the code for it
+// cost 16-wide networks 2% where it sat in the kernel they use, unused.
+template <bool ROOMY, bool VEC>
 __device__ __forceinline__ void sd_forward_tile(
     const Node* __restrict__ nodes, const int* __restrict__ colmap, int start,
     const float* __restrict__ weight_t, const float* __restrict__ bias, float* act,
     int batch, int row_stride, float* part, int split_cols, int tile_rows) {
   __shared__ float xs[SD_TR][SD_TK + 1];
-  __shared__ float ws[SD_TK * 64];
+  __shared__ __align__(16) float ws[SD_TK * 64];
   __shared__ int cm[SD_TK];
   const Node nd = nodes[start + blockIdx.x];
   const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
@@ -266,6 +292,8 @@ __device__ __forceinline__ void sd_forward_tile(
     const int n = min(64, nd.width - o0), groups = SD_TILE_THREADS / n;
     const int o = o0 + t % n, r0 = t / n;
     const bool active = t < groups * n;
+    // the bias before the wait too (no kernel of the step writes it before the update)
+    const float bv = !ROOMY || part || !active ? 0.f : __ldg(bias + nd.b_off + o);
     float acc[SD_TILE_ITEMS];
 #pragma unroll
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
@@ -273,11 +301,14 @@ __device__ __forceinline__ void sd_forward_tile(
       const int kc = min(SD_TK, c_end - c0);
       __syncthreads();  // the previous chunk's reads are done
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
-      sd_stage(kc, n,
-               [&](int c, int k) {
-                 return __ldg(weight_t + nd.w_off + (long long)(c0 + c) * nd.width + o0 + k);
-               },
-               [&](int c, int k, float v) { ws[c * 64 + k] = v; });
+      const float* wt = weight_t + nd.w_off + o0;
+      if (VEC && kc * n >= 8 * SD_TILE_THREADS && ((nd.w_off + o0) & 3) == 0 &&
+          (nd.width & 3) == 0 && (n & 3) == 0)
+        sd_stage_vec(kc, n, [&](int c) { return wt + (long long)(c0 + c) * nd.width; },
+                     [&](int c) { return &ws[c * 64]; });
+      else
+        sd_stage(kc, n, [&](int c, int k) { return __ldg(wt + (long long)(c0 + c) * nd.width + k); },
+                 [&](int c, int k, float v) { ws[c * 64 + k] = v; });
       __syncthreads();
       sd_wait_previous();  // what came before: the tables and weights; from here the activations
       sd_stage(nb, kc, [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
@@ -294,7 +325,7 @@ __device__ __forceinline__ void sd_forward_tile(
         if (part) {
           part[((long long)blockIdx.z * batch + b0 + r) * nd.width + o] = acc[j];
         } else {
-          const float z = __ldg(bias + nd.b_off + o) + acc[j];
+          const float z = (ROOMY ? bv : __ldg(bias + nd.b_off + o)) + acc[j];
           act[(long long)(b0 + r) * row_stride + nd.act + o] = nd.relu ? fmaxf(z, 0.f) : z;
         }
       }
@@ -303,9 +334,10 @@ __device__ __forceinline__ void sd_forward_tile(
 }
 
 // The kernels: the same code under two register budgets. sd_*_tiled (SD_TILE_MINB blocks
-// per SM) for launches the GPU holds at once, where a block's latency is what counts;
-// sd_*_tiled_many (SD_TILE_MINB_MANY: fewer registers, spilling some) for launches of more
-// blocks than that (a wide level), where more blocks in flight hide their latency.
+// per SM) for launches the GPU holds at once, where a block's latency is what counts, and
+// sd_*_tiled_wide, the same with float4 weight staging, for networks of groups 32 wide or
+// more; sd_*_tiled_many (SD_TILE_MINB_MANY: fewer registers, spilling some) for launches of
+// more blocks than that (a wide level), where more blocks in flight hide their latency.
 #ifndef SD_TILE_MINB_MANY
 #define SD_TILE_MINB_MANY 6
 #endif
@@ -315,13 +347,18 @@ __device__ __forceinline__ void sd_forward_tile(
       int batch, int row_stride, float *part, int split_cols, int tile_rows
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
     sd_forward_tiled(SD_FORWARD_TILED_ARGS) {
-  sd_forward_tile(nodes, colmap, start, weight_t, bias, act, batch, row_stride, part,
-                  split_cols, tile_rows);
+  sd_forward_tile<true, false>(nodes, colmap, start, weight_t, bias, act, batch, row_stride,
+                               part, split_cols, tile_rows);
+}
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
+    sd_forward_tiled_wide(SD_FORWARD_TILED_ARGS) {
+  sd_forward_tile<true, true>(nodes, colmap, start, weight_t, bias, act, batch, row_stride,
+                              part, split_cols, tile_rows);
 }
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB_MANY)
     sd_forward_tiled_many(SD_FORWARD_TILED_ARGS) {
-  sd_forward_tile(nodes, colmap, start, weight_t, bias, act, batch, row_stride, part,
-                  split_cols, tile_rows);
+  sd_forward_tile<false, false>(nodes, colmap, start, weight_t, bias, act, batch, row_stride,
+                                part, split_cols, tile_rows);
 }
 
 // act of node `node` from sd_forward_tiled's split-K partials: bias + the splits' sums in
@@ -343,12 +380,14 @@ extern "C" __global__ void sd_splitk_finish(const Node* __restrict__ nodes, int 
 // Pull backward of nodes start + blockIdx.x, rows blockIdx.y * tile_rows..: dh from the
 // successors' dz (successor by successor in edge order, each one's neurons in order), then
 // dz = dh where h > 0. [grid (count, ceil(B/tile_rows)), block SD_TILE_THREADS]
+// ROOMY, VEC: as sd_forward_tile's.
+template <bool ROOMY, bool VEC>
 __device__ __forceinline__ void sd_backward_tile(
     const Node* __restrict__ nodes, const int4* __restrict__ succs, int start,
     const float* __restrict__ weight, const float* act, float* dh, float* dz, int batch,
     int row_stride, int tile_rows) {
   __shared__ float ds[SD_TR][64 + 1];
-  __shared__ float ws[64 * 64];
+  __shared__ __align__(16) float ws[64 * 64];
   __shared__ int qa[64], qw[64], q_all;
   const Node nd = nodes[start + blockIdx.x];
   const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
@@ -382,6 +421,20 @@ __device__ __forceinline__ void sd_backward_tile(
     const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
     const int k = k0 + t % n, r0 = t / n;
     const bool active = t < groups * n;
+    // Which of this thread's outputs passed the ReLU (bit j: row r0 + j * groups), read
+    // before the wait: the forward wrote h before the backward's first kernel started.
+    // (Not in the *_many build: read after the sums there, where it costs less.)
+    unsigned on = 0;
+    if (ROOMY && active) {
+      float h[SD_TILE_ITEMS];
+#pragma unroll
+      for (int j = 0; j < SD_TILE_ITEMS; ++j) {
+        const int r = min(r0 + j * groups, nb - 1);
+        h[j] = act[(long long)(b0 + r) * row_stride + nd.act + k];
+      }
+#pragma unroll
+      for (int j = 0; j < SD_TILE_ITEMS; ++j) on |= (h[j] > 0.f ? 1u : 0u) << j;
+    }
     float acc[SD_TILE_ITEMS];
 #pragma unroll
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
@@ -401,11 +454,14 @@ __device__ __forceinline__ void sd_backward_tile(
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
         __syncthreads();
-        sd_stage(m, n,
-                 [&](int q, int kk) {
-                   return __ldg(weight + sc.y + (long long)(q0 + q) * sc.w + k0 + kk);
-                 },
-                 [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
+        const float* wr = weight + sc.y + k0;
+        if (VEC && m * n >= 8 * SD_TILE_THREADS && ((sc.y + k0) & 3) == 0 &&
+            (sc.w & 3) == 0 && (n & 3) == 0)
+          sd_stage_vec(m, n, [&](int q) { return wr + (long long)(q0 + q) * sc.w; },
+                       [&](int q) { return &ws[q * 64]; });
+        else
+          sd_stage(m, n, [&](int q, int kk) { return __ldg(wr + (long long)(q0 + q) * sc.w + kk); },
+                   [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
         sd_wait_previous();
         sd_stage(nb, m,
                  [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
@@ -422,7 +478,7 @@ __device__ __forceinline__ void sd_backward_tile(
         if (r >= nb) continue;
         const long long i = (long long)(b0 + r) * row_stride + nd.act + k;
         dh[i] = acc[j];
-        dz[i] = act[i] > 0.f ? acc[j] : 0.f;
+        dz[i] = (ROOMY ? on >> j & 1u : act[i] > 0.f) ? acc[j] : 0.f;
       }
     }
   }
@@ -434,11 +490,18 @@ __device__ __forceinline__ void sd_backward_tile(
       int row_stride, int tile_rows
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
     sd_backward_tiled(SD_BACKWARD_TILED_ARGS) {
-  sd_backward_tile(nodes, succs, start, weight, act, dh, dz, batch, row_stride, tile_rows);
+  sd_backward_tile<true, false>(nodes, succs, start, weight, act, dh, dz, batch, row_stride,
+                                tile_rows);
+}
+extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB)
+    sd_backward_tiled_wide(SD_BACKWARD_TILED_ARGS) {
+  sd_backward_tile<true, true>(nodes, succs, start, weight, act, dh, dz, batch, row_stride,
+                               tile_rows);
 }
 extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB_MANY)
     sd_backward_tiled_many(SD_BACKWARD_TILED_ARGS) {
-  sd_backward_tile(nodes, succs, start, weight, act, dh, dz, batch, row_stride, tile_rows);
+  sd_backward_tile<false, false>(nodes, succs, start, weight, act, dh, dz, batch, row_stride,
+                                 tile_rows);
 }
 
 // Softmax cross-entropy of the output node; writes loss/correct per row and dz (= dh) of the

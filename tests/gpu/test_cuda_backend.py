@@ -156,6 +156,28 @@ def test_levels_of_many_blocks_use_the_many_block_kernels(mode: str, monkeypatch
     assert {"sd_forward_tiled_many", "sd_backward_tiled_many"} <= launched
 
 
+@pytest.mark.parametrize("mode", ["fused", "graph"])
+@pytest.mark.parametrize("wmin", [32, 64])
+def test_networks_of_wide_groups_use_the_wide_kernels(mode: str, wmin: int,
+                                                      monkeypatch) -> None:
+    # groups 32-64 wide (slabs mostly unaligned for float4 loads: the scalar path) or all 64
+    # wide (aligned but where the input's columns come first): the *_wide kernels run, and
+    # match the reference
+    from streamdag.backends.cuda import CudaBackend
+
+    launched: set[str] = set()
+    launch = CudaBackend._launch
+
+    def recorded(self: Any, kernel: Any, *args: Any, **kw: Any) -> None:
+        launched.update(name for name, k in self._k.items() if k is kernel)
+        launch(self, kernel, *args, **kw)
+
+    monkeypatch.setattr(CudaBackend, "_launch", recorded)
+    graph = random_dag(np.random.default_rng(11), 10, wmin=wmin, wmax=64)
+    run_both(mode, "pull", graph, seed=11, batch=256, steps=3, mutate_at=(1,))
+    assert {"sd_forward_tiled_wide", "sd_backward_tiled_wide"} <= launched
+
+
 def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
                                     params: ParamStore) -> None:
     """Every table ``kernels/tables.cu`` built equals ``NetTables.build``'s, byte for byte."""
@@ -173,7 +195,8 @@ def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
         backend.gpu.download_range(backend._b(name), 0, got, stream=backend.stream)
         np.testing.assert_array_equal(got, ref, err_msg=name)
     shape, ref_shape = backend._tables, want.shape
-    for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_act"):
+    for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_act",
+                  "max_width"):
         assert getattr(shape, field) == getattr(ref_shape, field), field
     assert shape.out_act == int(want.nodes[-1, 4])
 
