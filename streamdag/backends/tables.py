@@ -72,7 +72,9 @@ class NetTables:
                           row_stride=self.row_stride, n_inputs=int(self.nodes[0, 0]),
                           n_classes=int(self.nodes[-1, 0]), level_start=self.level_start,
                           group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]),
-                          max_width=int(self.nodes[1:-1, 0].max(initial=0)))
+                          max_width=int(self.nodes[1:-1, 0].max(initial=0)),
+                          mean_width=float(self.nodes[1:-1, 0].mean()) if len(self.nodes) > 2
+                          else 0.0)
 
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
@@ -185,6 +187,7 @@ class TableShape:
         out_fan_in: the output's input columns (the level kernels split them over blocks).
         max_width: the widest group's width (0 without groups): which build of the level
             kernels to launch.
+        mean_width: the groups' mean width (0.0 without groups).
     """
 
     n_nodes: int
@@ -196,6 +199,7 @@ class TableShape:
     group_ids: np.ndarray
     out_fan_in: int
     max_width: int
+    mean_width: float
 
     @property
     def n_levels(self) -> int:
@@ -269,11 +273,13 @@ class TableInputs:
 
     def shape(self, n_tiles: int, row_stride: int) -> TableShape:
         w_ext = np.append(self.width, self.n_inputs)  # INPUT (-1) reads the last
+        widths = self.width.take(self.order)
         return TableShape(n_nodes=self.n_nodes, n_tiles=n_tiles, row_stride=row_stride,
                           n_inputs=self.n_inputs, n_classes=self.n_classes,
                           level_start=self.level_start, group_ids=self.group_ids,
                           out_fan_in=int(w_ext.take(self.out_preds).sum()),
-                          max_width=int(self.width.take(self.order).max(initial=0)))
+                          max_width=int(widths.max(initial=0)),
+                          mean_width=float(widths.mean()) if len(widths) else 0.0)
 
 
 def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:

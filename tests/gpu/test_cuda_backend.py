@@ -9,6 +9,7 @@ mismatches and the largest difference.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.gpu
 
 # (mode, backward); "levels" is the persistent mode with level barriers instead of dataflow
 MODES = [("persistent", "pull"), ("levels", "pull"), ("fused", "pull"), ("fused", "push"),
-         ("graph", "pull"), ("streams", "pull"), ("streams-graph", "pull")]
+         ("graph", "pull"), ("streams", "pull"), ("streams-graph", "pull"), ("auto", "pull")]
 
 
 def make_backend(mode: str, backward: str) -> Any:
@@ -72,7 +73,12 @@ def assert_close(name: str, got: np.ndarray, ref: np.ndarray, *, rtol: float, at
 # 1e-4 after 10 steps, so no float32 implementation could match either within it.
 def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps: int = 10,
              batch: int = 64, lr: float = 0.02, momentum: float = 0.9,
-             mutate_at: tuple[int, ...] = (), rtol: float = 1e-4) -> None:
+             mutate_at: tuple[int, ...] = (), rtol: float = 1e-4,
+             mutations: list[Mutation] | None = None,
+             on_step: Callable[[Any, int], None] | None = None) -> None:
+    """Train the reference and the GPU backend side by side; ``mutations``: the batch
+    applied at each step of ``mutate_at`` (default: three random ones); ``on_step(backend,
+    step)``: called after each GPU step."""
     rng = np.random.default_rng(seed)
     params = ParamStore.initialize(graph, rng)
     g_ref, p_ref = graph.copy(), params.copy()
@@ -83,6 +89,8 @@ def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps:
         y = rng.integers(0, graph.n_classes, batch)
         r = ref.step(g_ref, p_ref, x, y, lr=lr, momentum=momentum, weight_decay=1e-3)
         d = gpu.step(g_gpu, p_gpu, x, y, lr=lr, momentum=momentum, weight_decay=1e-3)
+        if on_step is not None:
+            on_step(gpu, step)
         assert abs(d.loss - r.loss) <= rtol * abs(r.loss) + 1e-6, (step, d.loss, r.loss)
         assert d.correct == r.correct or abs(d.correct - r.correct) <= 1
         assert np.array_equal(d.stats.group_ids, r.stats.group_ids)
@@ -94,7 +102,7 @@ def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps:
                      atol=1e-6)
         if step in mutate_at:
             # no sync first: the device replays the batch on its own (newer) values
-            muts = random_mutations(g_ref, rng, 3)
+            muts = random_mutations(g_ref, rng, 3) if mutations is None else mutations
             noise_seed = int(rng.integers(2**31))
             try:
                 apply_mutations(g_ref, p_ref, muts, step=step,
@@ -176,6 +184,19 @@ def test_networks_of_wide_groups_use_the_wide_kernels(mode: str, wmin: int,
     graph = random_dag(np.random.default_rng(11), 10, wmin=wmin, wmax=64)
     run_both(mode, "pull", graph, seed=11, batch=256, steps=3, mutate_at=(1,))
     assert {"sd_forward_tiled_wide", "sd_backward_tiled_wide"} <= launched
+
+
+def test_auto_mode_follows_the_shape_through_a_batch_and_matches_the_reference() -> None:
+    # two layers of 50 groups (50 a level: graph mode); a depth duplication adds a level
+    # (101 groups over 3: persistent); the step switches with the tables, results match
+    per = 50
+    graph = NetworkGraph.from_edges(
+        n_inputs=12, n_classes=4, widths=[16] * (2 * per),
+        preds=[[-1]] * per + [[i, (i + 1) % per] for i in range(per)])
+    seen: list[str] = []
+    run_both("auto", "pull", graph, seed=5, batch=96, steps=5, mutate_at=(2,),
+             mutations=[DuplicateDepth(0)], on_step=lambda b, step: seen.append(b.active_mode))
+    assert seen == ["graph"] * 3 + ["persistent"] * 2
 
 
 def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,

@@ -146,3 +146,33 @@ def test_tables_refuse_what_32_bit_offsets_cannot_hold(monkeypatch: pytest.Monke
     monkeypatch.setattr(tables, "MAX_INT32", 10)
     with pytest.raises(ConfigError, match="32-bit"):
         NetTables.build(g, p)
+
+
+@pytest.mark.parametrize("preset", ["S", "wide"])
+def test_the_device_build_inputs_give_the_host_tables_shape(preset: str) -> None:
+    # what the host keeps of tables built on the device (TableInputs.shape, the sums read
+    # back) is NetTables.build's shape, field by field
+    work = build_workload(resolve_spec(preset))
+    want = NetTables.build(work.graph, work.params)
+    got = tables.TableInputs.build(work.graph, work.params).shape(len(want.tiles),
+                                                                  want.row_stride)
+    for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_fan_in",
+                  "max_width", "mean_width", "n_levels"):
+        assert getattr(got, field) == getattr(want.shape, field), field
+    np.testing.assert_array_equal(got.level_start, want.level_start)
+    np.testing.assert_array_equal(got.group_ids, want.group_ids)
+
+
+@pytest.mark.parametrize(("overrides", "want"), [
+    ({}, "persistent"),                                    # dag-bench S: 13 groups a level
+    ({"width": 32}, "persistent"),
+    ({"width": 64}, "graph"),                              # S64
+    ({"groups": 1024, "levels": 16, "window": 1024}, "graph"),  # 64 groups a level
+    ({"groups": 1024, "levels": 32, "window": 1024}, "persistent"),  # 32 a level
+])
+def test_auto_mode_runs_the_level_kernels_on_wide_levels_or_wide_groups(
+        overrides: dict[str, int], want: str) -> None:
+    from streamdag.backends.cuda import auto_mode
+
+    work = build_workload(resolve_spec("S", **overrides))
+    assert auto_mode(NetTables.build(work.graph, work.params).shape) == want
