@@ -43,7 +43,9 @@ A step is a handful of launches whose shape depends on ``mode``:
   ``*_many`` build of the same kernels for launches of more blocks than it holds at once,
   the ``*_wide`` build, with float4 weight staging, for networks of groups 32 wide or more;
   the output's forward split over its columns), then the same weight-gradient and loss
-  launches: about ``2 × levels + 5`` launches.
+  launches: about ``2 × levels + 5`` launches. On sm_90+ the tiled launches start early
+  (programmatic dependent launch): each loads its tables and weights while the kernel ahead
+  finishes, and waits for it only before reading activations or gradients.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
   after a mutation.
 * ``streams``: the literal design, through :mod:`streamdag.scheduler`: one task per group
