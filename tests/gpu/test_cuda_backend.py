@@ -141,17 +141,10 @@ def test_large_batch_and_wide_groups(mode: str, backward: str) -> None:
     run_both(mode, backward, graph, seed=7, batch=4096, steps=3)
 
 
-@pytest.mark.parametrize("mode", ["fused", "graph"])
-def test_levels_of_many_blocks_use_the_many_block_kernels(mode: str, monkeypatch) -> None:
-    # two levels wide enough that their launches (8 tiles of 32 rows each at batch 256) hold
-    # more blocks than TILE_MINB per SM: the *_many kernels run, and match the reference
-    from streamdag.backends.cuda import TILE_MINB, CudaBackend
-    from streamdag.driver import Gpu
+def record_launched_kernels(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the kernels CudaBackend launches from now on (through ``_launch``)."""
+    from streamdag.backends.cuda import CudaBackend
 
-    per_level = TILE_MINB * Gpu(0).multiprocessors // 8 + 1
-    graph = NetworkGraph.from_edges(
-        n_inputs=20, n_classes=5, widths=[16] * (2 * per_level),
-        preds=[[-1]] * per_level + [[i, (i + 1) % per_level] for i in range(per_level)])
     launched: set[str] = set()
     launch = CudaBackend._launch
 
@@ -160,6 +153,21 @@ def test_levels_of_many_blocks_use_the_many_block_kernels(mode: str, monkeypatch
         launch(self, kernel, *args, **kw)
 
     monkeypatch.setattr(CudaBackend, "_launch", recorded)
+    return launched
+
+
+@pytest.mark.parametrize("mode", ["fused", "graph"])
+def test_levels_of_many_blocks_use_the_many_block_kernels(mode: str, monkeypatch) -> None:
+    # two levels wide enough that their launches (8 tiles of 32 rows each at batch 256) hold
+    # more blocks than TILE_MINB per SM: the *_many kernels run, and match the reference
+    from streamdag.backends.cuda import TILE_MINB
+    from streamdag.driver import Gpu
+
+    per_level = TILE_MINB * Gpu(0).multiprocessors // 8 + 1
+    graph = NetworkGraph.from_edges(
+        n_inputs=20, n_classes=5, widths=[16] * (2 * per_level),
+        preds=[[-1]] * per_level + [[i, (i + 1) % per_level] for i in range(per_level)])
+    launched = record_launched_kernels(monkeypatch)
     run_both(mode, "pull", graph, seed=3, batch=256, steps=3, mutate_at=(1,))
     assert {"sd_forward_tiled_many", "sd_backward_tiled_many"} <= launched
 
@@ -171,16 +179,7 @@ def test_networks_of_wide_groups_use_the_wide_kernels(mode: str, wmin: int,
     # groups 32-64 wide (slabs mostly unaligned for float4 loads: the scalar path) or all 64
     # wide (aligned but where the input's columns come first): the *_wide kernels run, and
     # match the reference
-    from streamdag.backends.cuda import CudaBackend
-
-    launched: set[str] = set()
-    launch = CudaBackend._launch
-
-    def recorded(self: Any, kernel: Any, *args: Any, **kw: Any) -> None:
-        launched.update(name for name, k in self._k.items() if k is kernel)
-        launch(self, kernel, *args, **kw)
-
-    monkeypatch.setattr(CudaBackend, "_launch", recorded)
+    launched = record_launched_kernels(monkeypatch)
     graph = random_dag(np.random.default_rng(11), 10, wmin=wmin, wmax=64)
     run_both(mode, "pull", graph, seed=11, batch=256, steps=3, mutate_at=(1,))
     assert {"sd_forward_tiled_wide", "sd_backward_tiled_wide"} <= launched
