@@ -78,6 +78,9 @@ def _add_train_parser(sub: Any) -> None:
                         "digits; with --resume, the checkpoint's, which a .npz run must name)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "cuda"],
                    help="auto uses cuda when a GPU is usable, else the numpy reference")
+    p.add_argument("--cuda-mode", default="auto", choices=_cuda_modes(),
+                   help="how the cuda backend runs a step: auto picks persistent or graph by "
+                        "the network's shape (see docs/cuda-backend.md)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training set (default: {d.epochs}; with --resume, "
                         "the checkpoint's)")
@@ -119,6 +122,12 @@ def _add_train_parser(sub: Any) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _cuda_modes() -> list[str]:
+    from .backends.cuda import MODES
+
+    return list(MODES)
+
+
 def _config_from_args(a: argparse.Namespace) -> Any:
     from .train import TrainConfig
 
@@ -138,7 +147,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from .train import CHECKPOINT_NAME, Trainer
 
     log = structlog.get_logger("streamdag.cli")
-    backend = get_backend(a.backend)
+    backend = get_backend(a.backend, cuda_mode=a.cuda_mode)
     if a.resume is not None:
         ck = a.resume / CHECKPOINT_NAME if a.resume.is_dir() else a.resume
         from .checkpoint import load_checkpoint

@@ -34,20 +34,32 @@ def backend_status() -> dict[str, str | None]:
     return {"reference": None, "cuda": _cuda_unavailable_reason()}
 
 
-def get_backend(name: str = "auto") -> Backend:
+def get_backend(name: str = "auto", *, cuda_mode: str | None = None) -> Backend:
     """A backend by name: ``"auto"``, ``"reference"`` or ``"cuda"``.
+
+    Args:
+        cuda_mode: the ``mode`` of the cuda backend (default: its own, ``"auto"``); ignored
+            where ``name="auto"`` falls back to the reference.
 
     Raises:
         BackendError: ``cuda`` was asked for and cannot run here (the message says why).
-        ConfigError: an unknown name.
+        ConfigError: an unknown name or cuda mode, or a cuda mode with ``name="reference"``.
     """
+    if cuda_mode is not None:
+        from .cuda import MODES
+
+        if cuda_mode not in MODES:
+            raise ConfigError(f"unknown cuda mode {cuda_mode!r}: use one of {', '.join(MODES)}")
+        if name == "reference" and cuda_mode != "auto":
+            raise ConfigError(f"a cuda mode ({cuda_mode!r}) was given for the reference backend")
     if name == "reference":
         return ReferenceBackend()
     if name in ("cuda", "auto"):
         reason = _cuda_unavailable_reason()
         if reason is None:
             module = importlib.import_module("streamdag.backends.cuda")
-            backend: Backend = module.CudaBackend()
+            backend: Backend = (module.CudaBackend() if cuda_mode is None
+                                else module.CudaBackend(mode=cuda_mode))
             return backend
         if name == "cuda":
             raise BackendError(f"the cuda backend cannot run here: {reason}")

@@ -145,12 +145,14 @@ def _corrupt_checkpoint(tmp_path: Path, what: str) -> Path:
                 "--out", str(t / "o")], "depth_fraction"),
     (lambda t: ["--dataset", "spirals", "--init-width", "0", "--out", str(t / "o")], "width"),
     (lambda t: ["--backend", "cuda", "--dataset", "spirals", "--out", str(t / "o")], "cuda"),
+    (lambda t: ["--backend", "reference", "--cuda-mode", "graph", "--dataset", "spirals",
+                "--out", str(t / "o")], "cuda mode ('graph') was given for the reference"),
 ])
 def test_user_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make_args, expect: str
 ) -> None:
     args = make_args(tmp_path)
-    if "--backend" in args:
+    if args[:2] == ["--backend", "cuda"]:
         from streamdag.backends import backend_status
 
         if backend_status()["cuda"] is None:
@@ -186,3 +188,12 @@ def test_retain_freed_memory_tunes_glibc_or_says_it_did_not() -> None:
 
     took = retain_freed_memory()
     assert took is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_cuda_mode_is_checked_before_any_backend_is_made() -> None:
+    from streamdag.backends import get_backend
+    from streamdag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown cuda mode 'fastest'"):
+        get_backend("auto", cuda_mode="fastest")
+    assert get_backend("reference", cuda_mode="auto").name == "reference"  # the default
