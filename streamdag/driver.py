@@ -276,6 +276,11 @@ class Gpu:
         """Number of streaming multiprocessors."""
         return int(self._dev.properties.multiprocessor_count)
 
+    @property
+    def shared_memory_optin(self) -> int:
+        """The most shared memory one block may use, once a kernel is allowed it."""
+        return int(self._dev.properties.max_shared_memory_per_block_optin)
+
     def memory_info(self) -> tuple[int, int]:
         """``(free, total)`` device memory in bytes."""
         from cuda.bindings import driver as cu
@@ -317,7 +322,7 @@ def allow_shared_memory(kernel: Handle, nbytes: int, gpu: Gpu) -> None:
 
     from streamdag.errors import LaunchConfigError
 
-    limit = int(gpu._dev.properties.max_shared_memory_per_block_optin)
+    limit = gpu.shared_memory_optin
     if nbytes > limit:
         raise LaunchConfigError(f"{nbytes} B of shared memory asked for, {gpu.name} gives "
                                 f"at most {limit} B per block")

@@ -25,12 +25,20 @@ the graph was valid when the batch began (every way to build a graph validates i
 batch is validated or rolled back) and records the batch did not touch are as they were.
 
 Derived data is cached. The topological order is dropped on every change and recomputed on
-demand. Depths survive a batch: ``_validate_batch`` repairs them from the depths before it
-by propagating increases from the touched groups, which is exact when no depth can have
-decreased (see ``_depths_can_only_grow``: duplications and new edges) and also proves the
-graph acyclic; other batches (prunes, removed edges) recompute them. The repair works on the
-map in place (a batch touches a few of thousands of entries), so graphs never share a depth
-map, and a rollback after a repair drops it instead of restoring it. Per-id numpy columns
+demand. The *flow order* (:meth:`NetworkGraph.flow_order`), another topological order, survives
+a batch: ``_validate_batch`` inserts each new group right after the last of its predecessors
+and checks every edge into a touched group against the new order, which proves the graph
+acyclic in time proportional to the batch (duplications and prunes always pass: a copy sits
+between its original's predecessors and successors, a prune's successors read groups from
+before it). Depths survive a batch too, as lower bounds with the touched groups kept as
+seeds, when no depth can have decreased (see ``_depths_can_only_grow``: duplications and new
+edges); the first reader repairs them by propagating increases from the seeds (other
+batches, prunes and removed edges, recompute them). When the flow order did not prove the
+batch acyclic, ``_validate_batch`` runs that repair itself, which proves it or names the
+cycle. So a batch that passes the flow check costs no depth work until someone asks for
+depths: the persistent CUDA step runs in the flow order and asks for none. The repair works
+on the map in place (a batch touches a few of thousands of entries), so graphs never share a
+depth map, and a rollback after a repair drops it instead of restoring it. Per-id numpy columns
 (width, predecessors) are refreshed for the ids changed since they were last read, so that
 :meth:`NetworkGraph.level_arrays` — what the kernels' tables are built from — costs numpy
 operations, not a Python loop over every group.
@@ -40,12 +48,13 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
@@ -140,6 +149,11 @@ class NetworkGraph:
         self._batch: _Batch | None = None
         self._topo: list[int] | None = None
         self._depth: dict[int, int] | None = None
+        # the groups touched by batches since _depth was exact (it then holds lower bounds),
+        # and whether one of them removed a group; see _depth_map
+        self._depth_seeds: list[int] = []
+        self._depth_removed = False
+        self._flow: _Flow | None = None
         self._columns: _Columns | None = None
         self._dirty: set[int] = set()  # ids whose record changed since _columns last saw them
         #: counts changes to the structure (a rolled-back batch counts too): a reader that saw
@@ -320,13 +334,15 @@ class NetworkGraph:
         return dict(self._depth_map())
 
     def _depth_map(self) -> dict[int, int]:
-        """The cached depths (not a copy: only a batch's repair changes it in place, and
-        tells the columns); raises CycleError.
+        """The cached depths (not a copy: only a repair changes it in place, and tells the
+        columns), repaired first if batches left seeds; raises CycleError.
 
-        Kahn's algorithm a level at a time: a group becomes ready in the round after its
-        deepest predecessor, so the round is its depth (no heap: the order within a round
-        does not matter).
+        From scratch: Kahn's algorithm a level at a time: a group becomes ready in the round
+        after its deepest predecessor, so the round is its depth (no heap: the order within
+        a round does not matter).
         """
+        if self._depth is not None and self._depth_seeds:
+            self._repair_depths()
         if self._depth is None:
             d = {INPUT: 0}
             waiting = {g: len(grp.preds) for g, grp in self._groups.items()}
@@ -345,8 +361,40 @@ class NetworkGraph:
                 stuck = sorted(set(self._groups) - set(d))[:8]
                 raise CycleError(f"the graph has a cycle through groups {stuck}")
             d[OUTPUT] = 1 + max((d[p] for p in self._output.preds), default=0)
-            self._depth = d
+            self._depth, self._depth_seeds, self._depth_removed = d, [], False
         return self._depth
+
+    def depth_bound(self, *, compute: bool = False) -> int | None:
+        """A lower bound on the output's depth (1 + the deepest group's), known without
+        computing any depth: exact unless batches since the depths were last read left them
+        to repair. ``None`` when no depths are known — unless ``compute``: then they are
+        computed, and the bound is exact."""
+        if self._depth is None:
+            return self._depth_map()[OUTPUT] if compute else None
+        return self._depth[OUTPUT]
+
+    def flow_order(self) -> np.ndarray:
+        """Group ids in a topological order that mutation batches keep (read-only).
+
+        Level order (by depth, then id) when first computed; a batch then inserts each group
+        it creates right after the last of its predecessors (see the module note), so a
+        reader that needs only some topological order — the persistent CUDA step — needs no
+        depths after a batch. Recomputed in level order when a batch fails the check.
+        """
+        if self._flow is None:
+            ids = self.level_arrays().ids
+            ids.flags.writeable = False
+            pos = np.full(self._next_id, -1, np.int64)
+            pos[ids] = np.arange(len(ids))
+            self._flow = _Flow(ids, pos)
+        return self._flow.ids
+
+    def flow_arrays(self) -> LevelArrays:
+        """:meth:`level_arrays` in :meth:`flow_order`, as one level (``level_sizes`` holds
+        the group count): what the persistent CUDA step's tables are built from."""
+        ids = self.flow_order()
+        sizes = np.array([len(ids)] if len(ids) else [], np.intp)
+        return _arrays_of(ids, self._fresh_columns(), sizes)
 
     def levels(self) -> list[list[int]]:
         """Groups by depth: ``levels()[k]`` holds the groups of depth ``k + 1``, by id."""
@@ -367,20 +415,21 @@ class NetworkGraph:
         if len(cols.alive) <= 1 << 16:  # a depth <= groups < len(alive): radix-sorted 16 bits
             key = key.astype(np.uint16)
         ids = ids[np.argsort(key, kind="stable")]
-        n_preds = cols.count[ids]
-        first = np.cumsum(n_preds) - n_preds  # where each group's run starts in `preds`
-        at = np.repeat(cols.start[ids] - first, n_preds) + np.arange(int(n_preds.sum()))
-        return LevelArrays(ids=ids, level_sizes=np.bincount(depth[ids])[1:],
-                           width=cols.width[ids], n_preds=n_preds, preds=cols.pool[at])
+        return _arrays_of(ids, cols, np.bincount(depth[ids])[1:])
 
-    def id_columns(self) -> _Columns:
+    def id_columns(self, *, depths: bool = True) -> _Columns:
         """The per-id columns brought up to date, ``depth`` synced with the graph's depths:
         ``alive[id]``, ``width[id]``, ``depth[id]`` and the predecessors ``pool[start[id] :
         start[id] + count[id]]`` (int64; ``pool`` holds garbage between runs). For readers
         that hand them on as they are (the CUDA backend uploads them to build its tables on
-        the device). Read-only, and valid until the next change."""
+        the device). Read-only, and valid until the next change.
+
+        Args:
+            depths: sync ``depth`` (``False``: leave it as it is, and compute no depth).
+        """
         cols = self._fresh_columns()
-        cols.sync_depths(self._depth_map())
+        if depths:
+            cols.sync_depths(self._depth_map())
         return cols
 
     def _fresh_columns(self) -> _Columns:
@@ -497,7 +546,9 @@ class NetworkGraph:
     def _begin(self) -> None:
         if self._batch is not None:
             raise RuntimeError("a graph batch is already open")
-        self._batch = _Batch(self._output, self._next_id, self._topo, self._depth)
+        seeds = self._depth_seeds
+        self._batch = _Batch(self._output, self._next_id, self._topo, self._depth, self._flow,
+                             seeds, len(seeds), self._depth_removed)
 
     def _commit(self) -> None:
         self._open_batch()
@@ -522,8 +573,13 @@ class NetworkGraph:
             else:
                 self._succs[node] = lst
         self._output, self._next_id = b.output, b.next_id
-        # A map the repair changed in place is not the one of _begin any more: drop it.
-        self._topo, self._depth = b.topo, None if b.depth_changed else b.depth
+        # A map a repair changed in place is not the one of _begin any more: drop it.
+        self._topo, self._flow = b.topo, b.flow
+        if b.depth_changed or b.depth is None:
+            self._depth, self._depth_seeds = None, []
+        else:
+            self._depth, self._depth_seeds, self._depth_removed = b.depth, b.seeds, b.removed
+            del b.seeds[b.n_seeds:]
         self._batch = None
         self.version += 1
 
@@ -577,48 +633,124 @@ class NetworkGraph:
         sinks.difference_update(nodes)
         sinks.update(n for n in nodes if n in groups and not succs[n])
         self._check_output(sinks)
-        try:
-            depth, raised = self._repaired_depths(b)
-        except CycleError as exc:
-            raise InvariantError(str(exc)) from None
-        if self._columns is not None and raised is not None:
-            self._columns.depths_moved(b.depth, depth, raised)
-        self._depth = depth
+        if (b.depth is not None and not b.depth_changed
+                and self._depths_can_only_grow(b)):  # lower bounds now, with seeds
+            self._depth, self._depth_seeds = b.depth, b.seeds
+            self._depth_removed = b.removed
+            b.seeds += touched
+            if b.order is not None:  # a removed sink can lower the output: bound it again
+                self._depth_removed = b.depth_changed = True
+                d = b.depth
+                d[OUTPUT] = 1 + max([d.get(p, 1) for p in self._output.preds], default=0)
+        else:
+            self._depth, self._depth_seeds = None, []
+        self._flow = None if b.flow is None else self._flow_after(b)
+        if self._flow is None:  # not proven acyclic: the depths prove it or name the cycle
+            try:
+                self._depth_map()
+            except CycleError as exc:
+                raise InvariantError(str(exc)) from None
         changed = set(touched)
         if self._output.preds != b.output.preds:
             changed.add(OUTPUT)
         return changed
 
-    def _repaired_depths(self, b: _Batch) -> tuple[dict[int, int], list[int] | None]:
-        """The depths after the batch, and the groups whose depth the repair set (``None``
-        when it recomputed them); raises CycleError if the graph has a cycle.
+    def _flow_after(self, b: _Batch) -> _Flow | None:
+        """The flow order after the batch, or ``None`` if it could not be kept.
 
-        From the depths before the batch when they are known and no depth can have decreased:
-        those are then lower bounds, and raising them along every edge until each edge
-        ``p → s`` has ``depth[s] > depth[p]`` reaches the longest-path depths (the least
-        values with that property). Raises travel level by level: a group raised to ``v``
-        is looked at with the others of level ``v``, so it is usually looked at once — twice
-        when a predecessor of the same level raises it after its look, which two waves of
-        raises through one region (two depth duplications on one long path) do to most of
-        it. Looking at a large level by id avoids most of that: ids follow creation, and a
-        group is mostly created after its predecessors.
+        Each group the batch created goes right after the last of its predecessors, as a
+        float key between that one's key and the key that followed it; old groups keep
+        their positions as keys. Created groups are placed once their predecessors are (one
+        may read a group created after it). The new order is topological if every
+        predecessor of every touched group comes before it — untouched groups kept their
+        predecessors and positions — which proves the graph acyclic. ``None`` when it is not
+        (the batch rewired more than duplications and prunes do), when created groups read
+        each other in a cycle, or when one gap was split too often for a float.
+        """
+        assert b.flow is not None
+        old_ids, pos = b.flow
+        groups, first_new = self._groups, b.next_id
+        key: dict[int, float] = {INPUT: -1.0}
+        after: dict[int, float] = {INPUT: 0.0}  # the key after a node's, once a group went there
+        created = [g for g, rec in b.groups.items() if rec is None and g in groups]
+        todo = created
+        while todo:
+            waiting = []
+            for g in todo:
+                k0, last = -2.0, INPUT
+                for p in groups[g].preds:
+                    k = key.get(p)
+                    if k is None:
+                        if p >= first_new:  # created, not placed yet
+                            waiting.append(g)
+                            break
+                        k = float(pos[p])
+                    if k > k0:
+                        k0, last = k, p
+                else:
+                    k1 = after.get(last, k0 + 1.0)  # an old group's key is its position
+                    k = (k0 + k1) * 0.5
+                    if not k0 < k < k1:
+                        return None
+                    key[g] = after[last] = k
+                    after[g] = k1
+            if len(waiting) == len(todo):
+                return None
+            todo = waiting
+        for g in b.groups:
+            grp = groups.get(g)
+            if grp is None:
+                continue
+            kg = key[g] if g >= first_new else pos[g]
+            for p in grp.preds:
+                if not (key[p] if p >= first_new or p == INPUT else pos[p]) < kg:
+                    return None
+        ids = old_ids
+        if created:
+            created.sort(key=key.__getitem__)
+            at = [math.floor(key[g]) + 1 for g in created]  # before that old position
+            ids = np.insert(ids, at, created)
+        if b.order is not None:  # groups were removed
+            gone = [g for g in b.groups if g < first_new and g not in groups]
+            ids = ids[~np.isin(ids, gone)]
+        new_pos = np.full(self._next_id, -1, np.int64)
+        new_pos[ids] = np.arange(len(ids))
+        ids.flags.writeable = False
+        return _Flow(ids, new_pos)
+
+    def _repair_depths(self) -> None:
+        """Bring the depth map up to date from the seeds that batches left; raises
+        CycleError if the graph has a cycle (when no flow order proved it acyclic).
+
+        The map then holds lower bounds (no depth can have decreased), and raising them
+        along every edge until each edge ``p → s`` has ``depth[s] > depth[p]`` reaches the
+        longest-path depths (the least values with that property); every edge that changed
+        ends at a seed. Raises travel level by level: a group raised to ``v`` is looked at
+        with the others of level ``v``, so it is usually looked at once — twice when a
+        predecessor of the same level raises it after its look, which two waves of raises
+        through one region (two depth duplications on one long path) do to most of it.
+        Looking at a large level by id avoids most of that: ids follow creation, and a group
+        is mostly created after its predecessors.
 
         Reaching the end proves the graph acyclic; a cycle would raise forever, so past
-        ``2 * len(self)`` looks the depths are recomputed — a look costs about half of what a
-        recomputation spends per group, so the repair is the cheaper until then; the
-        recomputation also names the cycle.
+        ``2 * len(self)`` looks it gives up and drops the map (``_depth_map`` recomputes it,
+        and names the cycle) — a look costs about half of what a recomputation spends per
+        group, so the repair is the cheaper until then.
 
-        The repair changes ``b.depth`` in place (and says so in ``b.depth_changed``):
-        copying a map as large as the graph cost more than the repair of a typical batch.
+        The repair changes the map in place: copying a map as large as the graph cost more
+        than the repair of a typical batch. It tells the columns where (or, giving up, that
+        their mirror is stale) and an open batch that its map changed.
         """
-        if b.depth is None or not self._depths_can_only_grow(b):
-            return self._depth_map(), None
-        d = b.depth
-        b.depth_changed = True
+        d = self._depth
+        assert d is not None
+        touched, removed = dict.fromkeys(self._depth_seeds), self._depth_removed
+        self._depth_seeds, self._depth_removed = [], False
+        if self._batch is not None and d is self._batch.depth:
+            self._batch.depth_changed = True
         groups = self._groups
         seeds: dict[int, list[int]] = {}  # level -> touched groups starting there
         changed: list[int] = []
-        for g in b.groups:
+        for g in touched:
             grp = groups.get(g)
             if grp is None:
                 d.pop(g, None)
@@ -639,7 +771,10 @@ class NetworkGraph:
             changed += frontier
             budget -= len(frontier)
             if budget < 0:
-                return self._depth_map(), None
+                self._depth = None
+                if self._columns is not None and self._columns.depth_of is d:
+                    self._columns.depth_of = None  # changed without telling: copy it whole
+                return
             if len(frontier) >= 8:  # (small levels seldom hold an edge: not worth a sort)
                 frontier.sort()
             up, raised = level + 1, []
@@ -650,16 +785,17 @@ class NetworkGraph:
                             d[s] = up
                             raised.append(s)
             frontier, level = raised, up
-        if b.order is None:
-            # The output reads the sinks (checked before the repair) and the deepest group is
-            # a sink, so its depth is 1 + the greatest group depth. With no group removed,
+        if not removed:
+            # The output reads the sinks (checked by each batch) and the deepest group is a
+            # sink, so its depth is 1 + the greatest group depth. With no group removed,
             # every group kept its depth or was raised, and the last level the raises reached
             # is one past the greatest raised depth: no need to look up the depths of the
             # output's hundreds of predecessors (scattered in the map: ~30 us at M).
             d[OUTPUT] = max(d[OUTPUT], level)
         else:
             d[OUTPUT] = 1 + max(map(d.__getitem__, self._output.preds), default=0)
-        return d, changed
+        if self._columns is not None:
+            self._columns.depths_moved(d, d, changed)
 
     def _depths_can_only_grow(self, b: _Batch) -> bool:
         """Whether every group's depth is at least what it was before the batch.
@@ -767,11 +903,10 @@ class NetworkGraph:
     def _changed(self, gid: int) -> None:
         self._dirty.add(gid)
         self.version += 1
-        self._topo = self._depth = None  # _invalidate, inlined: called for every change
+        self._topo = self._depth = self._flow = None  # _invalidate, inlined: called often
 
     def _invalidate(self) -> None:
-        self._topo = None
-        self._depth = None
+        self._topo = self._depth = self._flow = None
         self.version += 1
 
     def copy(self) -> NetworkGraph:
@@ -783,7 +918,9 @@ class NetworkGraph:
         new._output = self._output
         new._next_id = self._next_id
         new._topo = self._topo  # replaced, never changed in place: share it
-        new._depth = None if self._depth is None else dict(self._depth)  # a batch changes it
+        new._depth = None if self._depth is None else dict(self._depth)  # a repair changes it
+        new._depth_seeds, new._depth_removed = list(self._depth_seeds), self._depth_removed
+        new._flow = self._flow  # replaced, never changed in place: share it
         return new
 
     # ------------------------------------------------------------------ serialization
@@ -858,14 +995,34 @@ def _check_width(width: object, *, where: str) -> int:
     return int(width)
 
 
+def _arrays_of(ids: np.ndarray, cols: _Columns, level_sizes: np.ndarray) -> LevelArrays:
+    """The groups ``ids``, in that order, with their widths and predecessors from ``cols``."""
+    n_preds = cols.count[ids]
+    first = np.cumsum(n_preds) - n_preds  # where each group's run starts in `preds`
+    at = np.repeat(cols.start[ids] - first, n_preds) + np.arange(int(n_preds.sum()))
+    return LevelArrays(ids=ids, level_sizes=level_sizes, width=cols.width[ids],
+                       n_preds=n_preds, preds=cols.pool[at])
+
+
+class _Flow(NamedTuple):
+    """A flow order: the ids (read-only) and each id's position in it (-1: none), by id up to
+    the next id when it was made. Replaced, never changed in place: graphs share it."""
+
+    ids: np.ndarray
+    pos: np.ndarray
+
+
 @dataclass
 class _Batch:
     """An open mutation batch: what the graph was at ``_begin`` wherever the batch changed it.
 
     Attributes:
-        output, next_id, topo, depth: the output record, next id and caches at ``_begin``.
-        depth_changed: whether ``_validate_batch``'s repair has changed ``depth`` in place
-            (a rollback then drops the depth cache instead of restoring it).
+        output, next_id, topo, depth, flow: the output record, next id and caches at
+            ``_begin``.
+        seeds, n_seeds, removed: the graph's list of depth seeds at ``_begin``, its length
+            then, and whether the batches that left them removed a group.
+        depth_changed: whether a repair has changed ``depth`` in place (a rollback then
+            drops the depth cache instead of restoring it).
         groups: every id whose record changed, with the record at ``_begin`` (``None``: the
             batch created it).
         succs: every node whose successor list changed, with a copy of that list at
@@ -879,6 +1036,10 @@ class _Batch:
     next_id: int
     topo: list[int] | None
     depth: dict[int, int] | None
+    flow: _Flow | None
+    seeds: list[int]
+    n_seeds: int
+    removed: bool
     depth_changed: bool = False
     groups: dict[int, NeuronGroup | None] = field(default_factory=dict)
     succs: dict[int, list[int] | None] = field(default_factory=dict)

@@ -140,8 +140,8 @@ def select_closest_to_input(graph: NetworkGraph, marked: Iterable[int]) -> list[
     with the smallest depth, ties broken by the smaller id. Returns ids ascending.
     """
     m = set(marked)
-    depth = graph.depths()
-    seen: set[int] = set()
+    depth: dict[int, int] | None = None  # read only for a run of two or more: after a
+    seen: set[int] = set()                # batch, reading them costs a repair
     chosen: list[int] = []
     for start in sorted(m):
         if start in seen:
@@ -155,6 +155,11 @@ def select_closest_to_input(graph: NetworkGraph, marked: Iterable[int]) -> list[
                 if n in m and n not in seen:
                     seen.add(n)
                     stack.append(n)
+        if len(run) == 1:
+            chosen.append(run[0])
+            continue
+        if depth is None:
+            depth = graph.depths()
         chosen.append(min(run, key=lambda g: (depth[g], g)))
     return sorted(chosen)
 

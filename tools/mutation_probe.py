@@ -5,8 +5,9 @@ Usage (GPU machine, repo root):
 For each batch of 8 duplications (``mutation_batch(graph, 1000 + r)``, as
 ``streamdag bench --mutation-presets`` draws them): the time to apply it on the host, the
 backend's catch-up (``on_mutation``: the replay and the tables built on the device), the
-first step after it, how many group depths the batch validation's repair changed, and the
-device buffers allocated. Then the medians. The process keeps freed host memory, as the
+first step after it, the depth repairs run in all that (with the seeds they started from;
+none when the tables go in the graph's flow order), whether the tables went level by level,
+and the device buffers allocated. Then the medians. The process keeps freed host memory, as the
 ``streamdag`` command does. See docs/cuda-backend.md ("The cost of a mutation batch").
 """
 
@@ -40,22 +41,21 @@ def main(preset: str = "M", batches: int = 30, mode: str = "persistent") -> None
         allocs.append(name)
         return alloc(name, nbytes)
 
-    raised: list[int] = []
-    repair = NetworkGraph._repaired_depths
+    repairs: list[int] = []  # the seeds of each depth repair
+    repair = NetworkGraph._repair_depths
 
-    def counted(self: NetworkGraph, b: Any) -> Any:
-        out = repair(self, b)
-        raised.append(-1 if out[1] is None else len(out[1]))
-        return out
+    def counted(self: NetworkGraph) -> None:
+        repairs.append(len(self._depth_seeds))
+        repair(self)
 
     backend._alloc = logged_alloc  # type: ignore[method-assign]
-    NetworkGraph._repaired_depths = counted  # type: ignore[method-assign]
+    NetworkGraph._repair_depths = counted  # type: ignore[method-assign]
     rows = []
     for r in range(batches):
         batch = mutation_batch(g, 1000 + r)
         backend.synchronize()
         allocs.clear()
-        raised.clear()
+        repairs.clear()
         t0 = time.perf_counter()
         queue = MutationQueue()
         queue.extend(batch)
@@ -71,7 +71,8 @@ def main(preset: str = "M", batches: int = 30, mode: str = "persistent") -> None
         ms = [1e3 * (t3 - t0), 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2)]
         rows.append(ms)
         print(f"{r:3d} total {ms[0]:6.2f} apply {ms[1]:5.2f} catch-up {ms[2]:5.2f} "
-              f"step {ms[3]:5.2f} ms; depths raised {sum(raised)}; allocated {allocs}",
+              f"step {ms[3]:5.2f} ms; depth repairs {len(repairs)} (seeds {sum(repairs)}); "
+              f"by level {backend._tables.by_level}; allocated {allocs}",
               flush=True)
     med = np.median(np.array(rows), axis=0)
     print(f"median: total {med[0]:.2f} apply {med[1]:.2f} catch-up {med[2]:.2f} "

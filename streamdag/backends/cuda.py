@@ -12,7 +12,10 @@ State on the device (all through :mod:`streamdag.driver`):
   :class:`~streamdag.backends.tables.TableInputs` (the groups sorted by level and the
   graph's per-id columns, uploaded as they are), byte for byte what ``NetTables.build``
   makes on the host; the host keeps only their :class:`TableShape`. ``streams`` mode, which
-  plans one task per node on the host, builds them on the host;
+  plans one task per node on the host, builds them on the host. For the persistent step
+  the groups go in the graph's flow order instead (``NetworkGraph.flow_order``, a
+  topological order that a batch of duplications keeps by insertion): then a batch costs
+  no depth computation on the host (see ``_flow_tables``);
 * activation, ``dL/dh`` and ``dL/dz`` arenas laid out row-major over the batch (a batch row
   of the whole network is contiguous), with spare capacity in rows and columns so growth
   rarely reallocates;
@@ -181,8 +184,8 @@ class DeviceStepResult:
 
 
 def auto_mode(t: TableShape) -> str:
-    """What ``mode="auto"`` runs for tables of shape ``t``: ``"graph"`` where the levels hold
-    :data:`AUTO_LEVEL_GROUPS` groups or more on average, or the groups are
+    """What ``mode="auto"`` runs for tables of shape ``t`` (level by level): ``"graph"`` where
+    the levels hold :data:`AUTO_LEVEL_GROUPS` groups or more on average, or the groups are
     :data:`AUTO_WIDTH` neurons wide or more on average; else ``"persistent"``.
 
     Measured on an H100 (best of 3 × 20 steps, batch 256; persistent ÷ graph): 4,096 groups
@@ -190,12 +193,18 @@ def auto_mode(t: TableShape) -> str:
     dag-bench S at widths 24 / 32 / 40 / 48 / 56 / 64: 0.93 / 0.85 / 0.98 / 1.02 / 1.49 / 1.38;
     M at 16 / 32 / 48: 0.68 / 0.85 / 0.99.
     """
-    groups = len(t.group_ids)
+    if not t.by_level:
+        raise ValueError("auto_mode needs tables built level by level")
+    return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width)
+
+
+def _auto_mode(groups: int, levels: int, mean_width: float) -> str:
+    """:func:`auto_mode` for ``groups`` groups of ``mean_width`` over ``levels`` levels
+    (those of the groups: the input's and the output's not counted)."""
     if groups == 0:
         return "persistent"
-    levels = max(t.n_levels - 2, 1)  # the input and the output have a level each
-    return ("graph" if groups >= AUTO_LEVEL_GROUPS * levels or t.mean_width >= AUTO_WIDTH
-            else "persistent")
+    return ("graph" if groups >= AUTO_LEVEL_GROUPS * max(levels, 1)
+            or mean_width >= AUTO_WIDTH else "persistent")
 
 
 class CudaBackend(Backend):
@@ -270,6 +279,7 @@ class CudaBackend(Backend):
         self._rows_per_block = rows_per_block
         self._dataflow = dataflow
         self._flow_smem = SMEM_LIMIT  # dynamic shared memory sd_step_flow may use
+        self._smem_optin = self.gpu.shared_memory_optin
         self._bufs: dict[str, Any] = {}
         # what the device's table buffers hold; the tables themselves in streams mode only,
         # which plans a task per node on the host (the others build them on the device)
@@ -455,7 +465,7 @@ class CudaBackend(Backend):
                     "group_ids")}})
             t, self._host_tables = h.shape, h
         else:
-            inp = TableInputs.build(graph, params)
+            inp = TableInputs.build(graph, params, flow=self._flow_tables(graph))
             shape = self._build_tables(inp, also or {})
             if shape is None:  # a node without a slot: let the host name it
                 params.offsets(np.append(inp.order, OUTPUT))
@@ -467,12 +477,33 @@ class CudaBackend(Backend):
         self._structure += 1
         self._tables = t
         if self.mode == "auto":
-            self.active_mode = auto_mode(t)
+            self.active_mode = auto_mode(t) if t.by_level else "persistent"
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
         self._scattered = -1  # the input columns move with the row stride
         if self._batch_capacity:
             self._ensure_batch(self._batch_capacity)
+
+    def _flow_tables(self, graph: NetworkGraph) -> bool:
+        """Whether to build the tables in the graph's flow order rather than level by
+        level: then a mutation batch of duplications costs no depth computation on the host
+        (``NetworkGraph.flow_order``). Only for the persistent step's dataflow kernel, which
+        needs some topological order and no levels, and only where its flags are sure to
+        fit in shared memory (``sd_step_rows``, its fallback, walks levels). Under ``auto``,
+        only when the levels known without repairing any depth — a lower bound: a batch of
+        duplications only adds levels — already rule the level kernels out (with no depths
+        known, it computes them)."""
+        if self.mode not in ("persistent", "auto") or not self._dataflow:
+            return False
+        if 4 * (len(graph) + 2) + SMEM_LIMIT // 2 > self._smem_optin:  # flags + partials
+            return False
+        if self.mode == "persistent":
+            return True
+        bound = graph.depth_bound(compute=True)
+        assert bound is not None
+        cols = graph.id_columns(depths=False)
+        widths = cols.width[cols.alive]
+        return _auto_mode(len(widths), bound - 1, float(widths.mean())) == "persistent"
 
     def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]
                       ) -> TableShape | None:
@@ -901,6 +932,8 @@ class CudaBackend(Backend):
                 self._b("succ_node"), np.int32(n_nodes), *common, *tail,
                 bufs.get("trace") or 0, self._b("weight_t")))]
         else:  # level-synchronous: flags would not fit in shared memory
+            if not t.by_level:  # (_flow_tables makes sure the flags fit)
+                raise BackendError("the persistent step's flags do not fit in shared memory")
             launches = [(self._k["sd_step_rows"], self._cfg(grid, block,
                                                             partials if split else 0), (
                 self._b("nodes"), self._b("colmap"), self._b("succs"), self._b("level_start"),

@@ -5,6 +5,11 @@ in :mod:`streamdag.backends.cuda`. :meth:`NetTables.build` is the reference (and
 ``streams`` mode uses); the CUDA backend builds the same tables on the device after every
 mutation batch (``kernels/tables.cu``) from :class:`TableInputs`, a dozen numpy calls over
 the groups, and keeps their :class:`TableShape` (see docs/cuda-backend.md).
+
+Nodes go level by level (by depth, then id), or — with ``flow=True``, for the persistent
+step, which walks them in order and waits on flags — in the graph's flow order
+(:meth:`~streamdag.graph.NetworkGraph.flow_order`), a topological order that mutation
+batches keep without computing any depth; the tables then hold one "level" of all groups.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ class NetTables:
         colmap: per node from ``col_start``, the offset within a batch row of each input column.
         level_start: nodes are stored level by level; level ``l`` is the index range
             ``level_start[l] .. level_start[l+1]`` (level 0 = input, the last = output).
+            In flow order all groups form level 1.
         tiles: ``(n_tiles, 4)`` weight-gradient tiles (node, first column, columns, stats slot).
         group_ids: graph id of each stats slot (groups in ascending id order).
         row_stride: floats per batch row of the activation arenas.
+        by_level: whether the nodes go level by level (else in flow order).
     """
 
     nodes: np.ndarray
@@ -60,6 +67,7 @@ class NetTables:
     tiles: np.ndarray
     group_ids: np.ndarray
     row_stride: int
+    by_level: bool = True
 
     @property
     def n_levels(self) -> int:
@@ -74,19 +82,21 @@ class NetTables:
                           group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]),
                           max_width=int(self.nodes[1:-1, 0].max(initial=0)),
                           mean_width=float(self.nodes[1:-1, 0].mean()) if len(self.nodes) > 2
-                          else 0.0)
+                          else 0.0, by_level=self.by_level)
 
     @classmethod
-    def build(cls, graph: NetworkGraph, params: ParamStore) -> NetTables:
-        """Vectorised over nodes and edges, from ``graph.level_arrays()`` and
-        ``params.offsets()``: no Python loop over the groups.
+    def build(cls, graph: NetworkGraph, params: ParamStore, *, flow: bool = False
+              ) -> NetTables:
+        """Vectorised over nodes and edges, from ``graph.level_arrays()`` (or, with
+        ``flow``, ``graph.flow_arrays()``) and ``params.offsets()``: no Python loop over the
+        groups.
 
         It runs after every mutation batch, so it keeps numpy calls and temporaries few and
         small (fresh pages for a large temporary cost as much as the arithmetic on it): node
         fields are computed in place in the columns of ``nodes``, in int32 once the sizes are
         checked, and successor and tile records are copies of per-node records.
         """
-        lv = graph.level_arrays()
+        lv = graph.flow_arrays() if flow else graph.level_arrays()
         n = len(lv.ids) + 2  # input, the groups level by level, output
         # node index by id; INPUT (-1) reads the last entry: the input's index, 0
         index = np.zeros(graph.next_id + 1, dtype=np.intp)
@@ -171,6 +181,7 @@ class NetTables:
             tiles=tiles,
             group_ids=group_ids.astype(np.int32),
             row_stride=row_stride,
+            by_level=not flow,
         )
 
 
@@ -188,6 +199,7 @@ class TableShape:
         max_width: the widest group's width (0 without groups): which build of the level
             kernels to launch.
         mean_width: the groups' mean width (0.0 without groups).
+        by_level: whether the nodes go level by level (else in flow order: one level).
     """
 
     n_nodes: int
@@ -200,6 +212,7 @@ class TableShape:
     out_fan_in: int
     max_width: int
     mean_width: float
+    by_level: bool = True
 
     @property
     def n_levels(self) -> int:
@@ -218,13 +231,13 @@ class TableInputs:
     over edges or columns here; the row stride and the edge count come back summed).
 
     Attributes:
-        order: ids of positions ``1 .. n - 2`` (int64), by depth then id.
+        order: ids of positions ``1 .. n - 2`` (int64), by depth then id (or in flow order).
         perm: the stats slot of each (its rank by id), int64.
         offsets: ``ParamStore.offset_table()``: ``(w_off, b_off)`` by id + 2.
         out_preds: the output's predecessor ids, int64.
         width, start, count, pool: ``graph.id_columns()`` (int64, by id; ``pool`` up to its
             top, garbage included).
-        level_start, group_ids, n_inputs, n_classes: as in :class:`NetTables`.
+        level_start, group_ids, n_inputs, n_classes, by_level: as in :class:`NetTables`.
     """
 
     order: np.ndarray
@@ -239,14 +252,17 @@ class TableInputs:
     group_ids: np.ndarray
     n_inputs: int
     n_classes: int
+    by_level: bool = True
 
     @property
     def n_nodes(self) -> int:
         return len(self.order) + 2
 
     @classmethod
-    def build(cls, graph: NetworkGraph, params: ParamStore) -> TableInputs:
-        """A dozen numpy calls over the groups, none over edges or columns.
+    def build(cls, graph: NetworkGraph, params: ParamStore, *, flow: bool = False
+              ) -> TableInputs:
+        """A dozen numpy calls over the groups, none over edges or columns; with ``flow``,
+        in the graph's flow order, which reads no depth.
 
         Raises:
             ConfigError: the weight arena is too large for the kernels' 32-bit tables (the
@@ -254,21 +270,31 @@ class TableInputs:
         """
         if params.arenas()["weight"].size > MAX_INT32:
             raise ConfigError("the network is too large for 32-bit kernel tables")
-        cols = graph.id_columns()
-        ids = np.flatnonzero(cols.alive)
-        depth = cols.depth[ids]
-        # a depth <= groups < 2**16: radix-sorted on 16 bits; stable, so by id within one
-        perm = np.argsort(depth.astype(np.uint16) if len(cols.alive) <= 1 << 16 else depth,
-                          kind="stable")
-        sizes = np.bincount(depth)[1:] if len(ids) else np.zeros(0, np.intp)
+        if flow:
+            order = graph.flow_order()
+            cols = graph.id_columns(depths=False)
+            ids = np.flatnonzero(cols.alive)
+            rank = np.cumsum(cols.alive, dtype=np.int64)  # (a searchsorted costs 5x more)
+            rank -= 1
+            perm = rank.take(order)  # the rank by id
+            sizes = np.array([len(ids)]) if len(ids) else np.zeros(0, np.intp)
+        else:
+            cols = graph.id_columns()
+            ids = np.flatnonzero(cols.alive)
+            depth = cols.depth[ids]
+            # a depth <= groups < 2**16: radix-sorted on 16 bits; stable, so by id within one
+            perm = np.argsort(depth.astype(np.uint16) if len(cols.alive) <= 1 << 16 else depth,
+                              kind="stable")
+            order = ids[perm]
+            sizes = np.bincount(depth)[1:] if len(ids) else np.zeros(0, np.intp)
         return cls(
-            order=ids[perm], perm=perm.astype(np.int64, copy=False),
+            order=order, perm=perm.astype(np.int64, copy=False),
             offsets=params.offset_table(),
             out_preds=np.fromiter(graph.output.preds, np.int64, len(graph.output.preds)),
             width=cols.width, start=cols.start, count=cols.count, pool=cols.pool[: cols.top],
             level_start=np.cumsum(np.concatenate([[0, 1], sizes, [1]]), dtype=np.int32),
             group_ids=ids.astype(np.int32), n_inputs=graph.n_inputs,
-            n_classes=graph.n_classes,
+            n_classes=graph.n_classes, by_level=not flow,
         )
 
     def shape(self, n_tiles: int, row_stride: int) -> TableShape:
@@ -279,7 +305,8 @@ class TableInputs:
                           level_start=self.level_start, group_ids=self.group_ids,
                           out_fan_in=int(w_ext.take(self.out_preds).sum()),
                           max_width=int(widths.max(initial=0)),
-                          mean_width=float(widths.mean()) if len(widths) else 0.0)
+                          mean_width=float(widths.mean()) if len(widths) else 0.0,
+                          by_level=self.by_level)
 
 
 def _exclusive_cumsum(counts: np.ndarray, out: np.ndarray) -> None:

@@ -47,6 +47,21 @@ def test_selection_on_a_chain_keeps_the_first_of_each_run() -> None:
     assert select_closest_to_input(graph, []) == []
 
 
+def test_selection_reads_depths_only_for_runs_of_two_or_more() -> None:
+    # after a batch the depths wait for their next reader (a repair): groups that are not
+    # joined to another marked one need none
+    spec = DagSpec(2, 2, (4,) * 6, ((-1,), (0,), (1,), (2,), (3,), (4,)))
+    graph = spec.build()
+    graph.flow_order()
+    apply_mutations(graph, ParamStore.initialize(graph, np.random.default_rng(0)),
+                    [DuplicateDepth(2)])
+    assert graph._depth_seeds  # pending
+    assert select_closest_to_input(graph, [0, 2, 5]) == [0, 2, 5]
+    assert graph._depth_seeds  # still pending
+    assert select_closest_to_input(graph, [3, 4]) == [3]  # a run: the depths, repaired
+    assert not graph._depth_seeds
+
+
 def test_selection_ties_on_depth_go_to_the_smaller_id() -> None:
     # 0 and 1 both read the input (depth 1) and both feed 2.
     spec = DagSpec(2, 2, (4, 4, 4), ((-1,), (-1,), (1, 0)))

@@ -15,7 +15,7 @@ import pytest
 from helpers_network import DagSpec, assert_unchanged, random_params, snapshot
 
 from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
-from streamdag.errors import InvariantError, OrphanError
+from streamdag.errors import InvariantError, OrphanError, UnknownGroupError
 from streamdag.graph import INPUT, OUTPUT, NetworkGraph
 from streamdag.mutation import (
     Connect,
@@ -231,3 +231,85 @@ def test_the_version_counts_every_change_and_rollback_but_not_reads() -> None:
     with pytest.raises(StreamDagError):  # a cycle: refused, rolled back
         apply_mutations(g, p, [Connect(2, 0)])
     assert g.version > v  # a reader that saw the batch's changes must look again
+
+
+# ---------------------------------------------------------------- the flow order
+def assert_topological(g: NetworkGraph, order: list[int]) -> None:
+    assert sorted(order) == g.group_ids()
+    at = {x: k for k, x in enumerate(order)}
+    for x in order:
+        assert all(at[q] < at[x] for q in g.preds(x) if q != INPUT), x
+
+
+def count_repairs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The seeds of every depth repair from now on."""
+    seen: list[int] = []
+    repair = NetworkGraph._repair_depths
+
+    def counted(self: NetworkGraph) -> None:
+        seen.append(len(self._depth_seeds))
+        repair(self)
+
+    monkeypatch.setattr(NetworkGraph, "_repair_depths", counted)
+    return seen
+
+
+def test_duplications_keep_the_flow_order_and_leave_the_depths_to_the_next_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g, p = smoke()
+    assert g.flow_order().tolist() == [x for lv in g.levels() for x in lv]  # level order first
+    repairs = count_repairs(monkeypatch)
+    bound = g.depth_bound()
+    for seed in range(6):  # depth duplications upstream raise most of the graph
+        report = apply_mutations(g, p, mutation_batch(g, seed))
+        order = g.flow_order().tolist()
+        assert_topological(g, order)
+        for m, created in report.applied:
+            if isinstance(m, DuplicateDepth):  # the copy sits right after its original
+                assert order.index(created) == order.index(m.group) + 1
+    assert repairs == []  # no depth work in six batches
+    assert bound is not None and g.depth_bound() == bound  # a lower bound, left as it was
+    assert g.depths() == fresh(g).depths()  # the first reader repairs them, once
+    assert len(repairs) == 1 and repairs[0] > 0
+    assert g.depth_bound() == fresh(g).depths()[OUTPUT]
+    assert_caches_fresh(g)
+
+
+def test_a_batch_the_flow_order_cannot_take_makes_it_again_in_level_order() -> None:
+    g, p = smoke()
+    g.flow_order()
+    early, late = next(lv for lv in g.levels() if len(lv) > 1)[:2]  # no path between them
+    apply_mutations(g, p, [Connect(late, early)])  # an edge backwards in the flow order
+    assert_topological(g, g.flow_order().tolist())
+    assert g.flow_order().tolist() == [x for lv in g.levels() for x in lv]
+    assert_caches_fresh(g)
+
+
+def test_a_refused_batch_gives_back_the_flow_order_and_the_pending_depths() -> None:
+    g, p = smoke()
+    g.flow_order()
+    apply_mutations(g, p, mutation_batch(g, 0))
+    flow, seeds = g.flow_order(), list(g._depth_seeds)
+    assert seeds  # left for the next reader
+    before = snapshot(g, p)
+    with pytest.raises(UnknownGroupError):  # a valid duplication, then a bogus one
+        apply_mutations(g, p, [DuplicateDepth(g.group_ids()[0]), DuplicateWidth(g.next_id + 5)])
+    assert_unchanged(before, g, p)
+    assert g.flow_order() is flow and g._depth_seeds == seeds
+    assert_caches_fresh(g)
+
+
+def test_a_cycle_through_created_groups_is_refused_with_a_flow_order() -> None:
+    g, p = smoke()
+    g.flow_order()
+    a = g.group_ids()[0]
+    before = snapshot(g, p)
+    open_batch(g, p, [DuplicateDepth(a)])
+    copy = g.next_id - 1
+    g._set_preds(a, [copy])  # a reads its own copy: a cycle, which no order can hold
+    with pytest.raises(InvariantError, match="cycle"):
+        g._validate_batch()
+    g._rollback()
+    p.rollback()
+    assert_unchanged(before, g, p)
+    assert_topological(g, g.flow_order().tolist())

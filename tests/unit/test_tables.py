@@ -25,11 +25,13 @@ from streamdag.mutation import DuplicateDepth, DuplicateWidth, Mutation, apply_m
 from streamdag.params import ParamStore
 
 
-def check_tables(graph: NetworkGraph, params: ParamStore) -> None:
-    """Every field of ``NetTables.build(graph, params)``, node by node and edge by edge."""
-    t = NetTables.build(graph, params)
-    levels = graph.levels()
+def check_tables(graph: NetworkGraph, params: ParamStore, *, flow: bool = False) -> None:
+    """Every field of ``NetTables.build(graph, params, flow=flow)``, node by node and edge by
+    edge: nodes level by level, or in the graph's flow order as one level."""
+    t = NetTables.build(graph, params, flow=flow)
+    levels = [graph.flow_order().tolist()] if flow else graph.levels()
     order = [INPUT, *[g for lv in levels for g in lv], OUTPUT]
+    assert t.by_level is not flow
     index = {node: i for i, node in enumerate(order)}
     width = [graph.width(node) for node in order]
     act = [sum(width[:i]) for i in range(len(order))]
@@ -109,7 +111,7 @@ def test_tables_on_random_dags_and_after_random_batches(spec: DagSpec, data: st.
         with contextlib.suppress(StreamDagError):  # refused batches change nothing
             apply_mutations(g, p, random_batch(g, data.draw), rng=np.random.default_rng(0),
                             noise=0.01)
-        check_tables(g, p)
+        check_tables(g, p, flow=data.draw(st.booleans()))
 
 
 @pytest.mark.parametrize("widths", [[3], [5, 7, 9], list(range(1, 30)), [64, 1, 1024]])
@@ -119,13 +121,15 @@ def test_tables_on_chains(widths: list[int]) -> None:
 
 
 @pytest.mark.parametrize("preset", ["smoke", "wide"])
-def test_tables_on_dagbench_presets_and_their_mutation_batches(preset: str) -> None:
+@pytest.mark.parametrize("flow", [False, True])
+def test_tables_on_dagbench_presets_and_their_mutation_batches(preset: str, flow: bool
+                                                               ) -> None:
     work = build_workload(resolve_spec(preset))
     g, p = work.graph, work.params
-    check_tables(g, p)
+    check_tables(g, p, flow=flow)
     for seed in range(3):
         apply_mutations(g, p, mutation_batch(g, seed), step=seed)
-        check_tables(g, p)
+        check_tables(g, p, flow=flow)
 
 
 def test_tables_on_a_digits_sized_network_grown_to_48_groups() -> None:
@@ -149,18 +153,27 @@ def test_tables_refuse_what_32_bit_offsets_cannot_hold(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("preset", ["S", "wide"])
-def test_the_device_build_inputs_give_the_host_tables_shape(preset: str) -> None:
+@pytest.mark.parametrize("flow", [False, True])
+def test_the_device_build_inputs_give_the_host_tables_shape(preset: str, flow: bool) -> None:
     # what the host keeps of tables built on the device (TableInputs.shape, the sums read
-    # back) is NetTables.build's shape, field by field
+    # back) is NetTables.build's shape, field by field; the inputs' order and stats slots
+    # are the tables' (after batches, for the flow order)
     work = build_workload(resolve_spec(preset))
-    want = NetTables.build(work.graph, work.params)
-    got = tables.TableInputs.build(work.graph, work.params).shape(len(want.tiles),
-                                                                  want.row_stride)
+    g, p = work.graph, work.params
+    for seed in range(2):
+        g.flow_order()
+        apply_mutations(g, p, mutation_batch(g, seed), step=seed)
+    want = NetTables.build(g, p, flow=flow)
+    inp = tables.TableInputs.build(g, p, flow=flow)
+    got = inp.shape(len(want.tiles), want.row_stride)
     for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_fan_in",
-                  "max_width", "mean_width", "n_levels"):
+                  "max_width", "mean_width", "n_levels", "by_level"):
         assert getattr(got, field) == getattr(want.shape, field), field
     np.testing.assert_array_equal(got.level_start, want.level_start)
     np.testing.assert_array_equal(got.group_ids, want.group_ids)
+    order = g.flow_order() if flow else [x for lv in g.levels() for x in lv]
+    np.testing.assert_array_equal(inp.order, order)
+    np.testing.assert_array_equal(want.group_ids[inp.perm], order)  # slot = rank by id
 
 
 @pytest.mark.parametrize(("overrides", "want"), [
