@@ -224,6 +224,21 @@ __device__ __forceinline__ void sd_stage_vec(int rows, int cols, Row row, Dst ds
   }
 }
 
+// Stages rows × cols of the row-major matrix at src (ld floats a row) into ws (64 floats a
+// row): with float4 loads (sd_stage_vec) where VEC, the slab is 8 floats or more per thread,
+// and every row starts 16-byte aligned; else a float a load (sd_stage).
+template <bool VEC>
+__device__ __forceinline__ void sd_stage_slab(int rows, int cols, const float* __restrict__ src,
+                                              int ld, float* ws) {
+  if (VEC && rows * cols >= 8 * SD_TILE_THREADS &&
+      (reinterpret_cast<unsigned long long>(src) & 15) == 0 && (ld & 3) == 0 && (cols & 3) == 0)
+    sd_stage_vec(rows, cols, [&](int r) { return src + (long long)r * ld; },
+                 [&](int r) { return &ws[r * 64]; });
+  else
+    sd_stage(rows, cols, [&](int r, int k) { return __ldg(src + (long long)r * ld + k); },
+             [&](int r, int k, float v) { ws[r * 64 + k] = v; });
+}
+
 // acc[j] += sum over c < kc of w[c * w_stride] * x[row_j * x_row + c], in c order, for the NJ
 // rows row_j = r0 + j * groups of the tile (rows past nb read row nb - 1: their sums are
 // never stored). The weight is loaded once for the NJ rows.
@@ -301,14 +316,7 @@ __device__ __forceinline__ void sd_forward_tile(
       const int kc = min(SD_TK, c_end - c0);
       __syncthreads();  // the previous chunk's reads are done
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
-      const float* wt = weight_t + nd.w_off + o0;
-      if (VEC && kc * n >= 8 * SD_TILE_THREADS && ((nd.w_off + o0) & 3) == 0 &&
-          (nd.width & 3) == 0 && (n & 3) == 0)
-        sd_stage_vec(kc, n, [&](int c) { return wt + (long long)(c0 + c) * nd.width; },
-                     [&](int c) { return &ws[c * 64]; });
-      else
-        sd_stage(kc, n, [&](int c, int k) { return __ldg(wt + (long long)(c0 + c) * nd.width + k); },
-                 [&](int c, int k, float v) { ws[c * 64 + k] = v; });
+      sd_stage_slab<VEC>(kc, n, weight_t + nd.w_off + o0 + (long long)c0 * nd.width, nd.width, ws);
       __syncthreads();
       sd_wait_previous();  // what came before: the tables and weights; from here the activations
       sd_stage(nb, kc, [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
@@ -454,14 +462,7 @@ __device__ __forceinline__ void sd_backward_tile(
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
         __syncthreads();
-        const float* wr = weight + sc.y + k0;
-        if (VEC && m * n >= 8 * SD_TILE_THREADS && ((sc.y + k0) & 3) == 0 &&
-            (sc.w & 3) == 0 && (n & 3) == 0)
-          sd_stage_vec(m, n, [&](int q) { return wr + (long long)(q0 + q) * sc.w; },
-                       [&](int q) { return &ws[q * 64]; });
-        else
-          sd_stage(m, n, [&](int q, int kk) { return __ldg(wr + (long long)(q0 + q) * sc.w + kk); },
-                   [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
+        sd_stage_slab<VEC>(m, n, weight + sc.y + k0 + (long long)q0 * sc.w, sc.w, ws);
         sd_wait_previous();
         sd_stage(nb, m,
                  [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
