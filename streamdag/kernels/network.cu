@@ -155,6 +155,7 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
 // of the tile (n = the chunk's width), one accumulator each, summed in column order.
 #define SD_TR 32
 #define SD_TK 64
+#define SD_BQ 256  // successor neurons a pull backward tile lists at most (sd_stage: <= threads)
 #define SD_TILE_THREADS 256
 #define SD_TILE_ITEMS 8  // rows per thread at most: 256 / 64 = 4 row groups, 32 rows
 #ifndef SD_TILE_MINB  // blocks per SM the tiled kernels' registers must allow
@@ -396,16 +397,21 @@ __device__ __forceinline__ void sd_backward_tile(
     int row_stride, int tile_rows) {
   __shared__ float ds[SD_TR][64 + 1];
   __shared__ __align__(16) float ws[64 * 64];
-  __shared__ int qa[64], qw[64], q_all;
+  __shared__ int qa[SD_BQ], qw[SD_BQ], q_all;
   const Node nd = nodes[start + blockIdx.x];
   const int b0 = blockIdx.y * tile_rows, nb = min(tile_rows, batch - b0);
   const int t = threadIdx.x;
-  // Narrow successors (at most 32 of them, 64 neurons in all: a 16-wide group's usual case)
-  // are staged together, as one chunk of columns q (their neurons, in edge order: the same
-  // order of sums as one successor at a time): qa[q] is the dz column's offset in a row and
-  // qw[q] the weight row's offset. Otherwise q_all stays -1 and successors go one by one.
+  // Successors (at most 32 of them, SD_BQ neurons in all: a 16-wide group's usual case) are
+  // listed together, as columns q (their neurons, in edge order: the same order of sums as
+  // one successor at a time): qa[q] is the dz column's offset in a row and qw[q] the weight
+  // row's offset. The list is staged 64 columns at a time: a 16-wide group with 5-10
+  // 16-wide successors takes 2-3 rounds instead of one per successor, for which the level
+  // waited (dag-bench M: 154 of 270 levels hold such a group). In the *_wide build the list
+  // holds 64 neurons at most. Otherwise q_all stays -1 and successors go one by one.
   if (t < 32) {
     const bool few = nd.n_succs <= 32;
+    const int cap = VEC ? 64 : SD_BQ;  // (the *_wide build stages wide successors' weights
+                                       // one by one, with float4 loads)
     int4 sc = make_int4(0, 0, 0, 0);
     if (few && t < nd.n_succs) sc = __ldg(succs + nd.succ_start + t);
     int end = sc.z;  // inclusive scan of the widths
@@ -414,13 +420,13 @@ __device__ __forceinline__ void sd_backward_tile(
       if (t >= d) end += v;
     }
     const int total = __shfl_sync(0xffffffffu, end, 31);
-    if (few && total <= 64) {
+    if (few && total <= cap) {
       for (int q = 0; q < sc.z; ++q) {
         qa[end - sc.z + q] = sc.x + q;
         qw[end - sc.z + q] = sc.y + q * sc.w;
       }
     }
-    if (t == 0) q_all = few && total <= 64 ? total : -1;
+    if (t == 0) q_all = few && total <= cap ? total : -1;
   }
   __syncthreads();
   sd_let_next_start();
@@ -446,16 +452,17 @@ __device__ __forceinline__ void sd_backward_tile(
     float acc[SD_TILE_ITEMS];
 #pragma unroll
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
-    if (m_all >= 0) {
-      __syncthreads();  // the previous output chunk's reads are done
-      sd_stage(m_all, n, [&](int q, int kk) { return __ldg(weight + qw[q] + k0 + kk); },
+    for (int q0 = 0; q0 < m_all; q0 += 64) {  // the list, 64 columns a chunk
+      const int m = min(64, m_all - q0);
+      __syncthreads();  // the previous chunk's reads are done
+      sd_stage(m, n, [&](int q, int kk) { return __ldg(weight + qw[q0 + q] + k0 + kk); },
                [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
       sd_wait_previous();  // the weights before, the successors' dz after
-      sd_stage(nb, m_all,
-               [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q]]; },
+      sd_stage(nb, m,
+               [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q0 + q]]; },
                [&](int r, int q, float v) { ds[r][q] = v; });
       __syncthreads();
-      if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m_all);
+      if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
     }
     for (int si = 0; m_all < 0 && si < nd.n_succs; ++si) {
       const int4 sc = __ldg(succs + nd.succ_start + si);  // act, w_off of our column 0, width, fan_in
