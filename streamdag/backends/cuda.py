@@ -25,7 +25,7 @@ State on the device (all through :mod:`streamdag.driver`):
 
 A step is a handful of launches whose shape depends on ``mode``:
 
-* ``auto`` (default): ``graph`` for networks whose levels hold 48 groups or more on average
+* ``auto`` (default): ``graph`` for networks whose levels hold 24 groups or more on average
   or whose groups are 48 neurons wide or more on average, ``persistent`` otherwise (see
   :func:`auto_mode`); chosen again whenever the tables are rebuilt (after a mutation batch).
   On an H100 the persistent kernel, where every block reads every weight, lost to the level
@@ -119,7 +119,7 @@ TILE_FILL = 2       # blocks per SM a tiled level launch should reach; fewer: sh
 TILE_MIN_ROWS = 8   # the shortest tile (a power of two)
 TILE_MINB = 4       # SD_TILE_MINB: blocks per SM of sd_*_tiled; launches of more use *_many
 TILE_WIDE_WIDTH = 32  # networks with a group this wide launch sd_*_tiled_wide instead
-AUTO_LEVEL_GROUPS = 48  # auto mode: groups per level (mean) from which graph mode runs
+AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mode runs
 AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode runs
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
@@ -188,10 +188,12 @@ def auto_mode(t: TableShape) -> str:
     the levels hold :data:`AUTO_LEVEL_GROUPS` groups or more on average, or the groups are
     :data:`AUTO_WIDTH` neurons wide or more on average; else ``"persistent"``.
 
-    Measured on an H100 (best of 3 × 20 steps, batch 256; persistent ÷ graph): 4,096 groups
-    × 16 in layers of 512 / 256 / 128 / 64 / 32 groups: 2.03 / 1.85 / 1.57 / 1.40 / 0.99;
-    dag-bench S at widths 24 / 32 / 40 / 48 / 56 / 64: 0.93 / 0.85 / 0.98 / 1.02 / 1.49 / 1.38;
-    M at 16 / 32 / 48: 0.68 / 0.85 / 0.99.
+    Measured on an H100 (best of 3 × 20 steps, batch 256; persistent ÷ graph), since the
+    pull backward's successor lists (sixth session): 4,096 groups × 16 in layers of 128 / 64
+    / 32 / 16 groups: 1.83 / 1.73 / 1.25 / 0.87; dag-bench S (13 groups a level) at widths
+    16 / 24 / 32 / 40 / 48: 0.80 / 1.18 / 0.85 / 0.99 / 1.02; M (15 a level): 0.87, at width
+    32: 0.85; L: 0.88. (Width 24 is the rule's one miss seen: the persistent kernel is slow
+    there.) Before those lists graph mode was slower and the level threshold was 48.
     """
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")

@@ -186,9 +186,9 @@ def test_networks_of_wide_groups_use_the_wide_kernels(mode: str, wmin: int,
 
 
 def test_auto_mode_follows_the_shape_through_a_batch_and_matches_the_reference() -> None:
-    # two layers of 50 groups (50 a level: graph mode); a depth duplication adds a level
-    # (101 groups over 3: persistent); the step switches with the tables, results match
-    per = 50
+    # two layers of 30 groups (30 a level: graph mode); a depth duplication adds a level
+    # (61 groups over 3: persistent); the step switches with the tables, results match
+    per = 30
     graph = NetworkGraph.from_edges(
         n_inputs=12, n_classes=4, widths=[16] * (2 * per),
         preds=[[-1]] * per + [[i, (i + 1) % per] for i in range(per)])

@@ -181,7 +181,8 @@ def test_the_device_build_inputs_give_the_host_tables_shape(preset: str, flow: b
     ({"width": 32}, "persistent"),
     ({"width": 64}, "graph"),                              # S64
     ({"groups": 1024, "levels": 16, "window": 1024}, "graph"),  # 64 groups a level
-    ({"groups": 1024, "levels": 32, "window": 1024}, "persistent"),  # 32 a level
+    ({"groups": 1024, "levels": 32, "window": 1024}, "graph"),  # 32 a level
+    ({"groups": 1024, "levels": 64, "window": 1024}, "persistent"),  # 16 a level
 ])
 def test_auto_mode_runs_the_level_kernels_on_wide_levels_or_wide_groups(
         overrides: dict[str, int], want: str) -> None:
