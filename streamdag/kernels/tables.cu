@@ -4,13 +4,14 @@
 // byte: tests/gpu/test_cuda_backend.py compares them).
 //
 // Why on the device: a batch of 8 duplications at M changes a few dozen records, but node
-// indices are positions in level order, so the tables are rebuilt whole; on the GPU hosts'
-// CPUs that is ~60 numpy calls and 1.4–1.7 ms (docs/cuda-backend.md). Here the host only
-// sorts the groups by level (one stable argsort), looks up their slot offsets, and uploads
-// the graph's per-id columns as they are (graph._Columns: width, start, count and the pool
-// of predecessor ids, int64, garbage included); five launches do the rest.
+// indices are positions in level order (or in the graph's flow order, for the persistent
+// step), so the tables are rebuilt whole; on the GPU hosts' CPUs that is ~60 numpy calls and
+// 1.4–1.7 ms (docs/cuda-backend.md). Here the host only orders the groups (one stable
+// argsort by level, or the flow order as the graph keeps it), looks up their slot offsets,
+// and uploads the graph's per-id columns as they are (graph._Columns: width, start, count
+// and the pool of predecessor ids, int64, garbage included); five launches do the rest.
 //
-// Inputs. Position 0 is the input, 1..n-2 the groups in level order (order[i-1] is the id at
+// Inputs. Position 0 is the input, 1..n-2 the groups in that order (order[i-1] is the id at
 // position i, perm[i-1] its rank by id = its stats slot), n-1 the output, whose predecessor
 // ids are out_preds[0..n_out). offs[2k], offs[2k+1]: the weight and bias offsets of node
 // id k - 2 (ParamStore.offset_table: the output at k = 0, -1 where no slot). A predecessor
