@@ -505,7 +505,8 @@ class CudaBackend(Backend):
         assert bound is not None
         cols = graph.id_columns(depths=False)
         widths = cols.width[cols.alive]
-        return _auto_mode(len(widths), bound - 1, float(widths.mean())) == "persistent"
+        mean = float(widths.mean()) if len(widths) else 0.0
+        return _auto_mode(len(widths), bound - 1, mean) == "persistent"
 
     def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]
                       ) -> TableShape | None:
