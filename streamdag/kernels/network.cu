@@ -452,17 +452,31 @@ __device__ __forceinline__ void sd_backward_tile(
     float acc[SD_TILE_ITEMS];
 #pragma unroll
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
-    for (int q0 = 0; q0 < m_all; q0 += 64) {  // the list, 64 columns a chunk
-      const int m = min(64, m_all - q0);
-      __syncthreads();  // the previous chunk's reads are done
-      sd_stage(m, n, [&](int q, int kk) { return __ldg(weight + qw[q0 + q] + k0 + kk); },
-               [&](int q, int kk, float v) { ws[q * 64 + kk] = v; });
+    // The list goes 64 columns a chunk, as many chunks at a time as ws and ds hold (ROOMY
+    // builds; else one): chunk c's weights in ws columns [c * n, c * n + n), its dz in ds
+    // rows [c * nb, c * nb + nb). A 16-wide group in 8-row tiles (dag-bench M) stages its
+    // whole list, up to 256 columns, before the wait and its successors' dz in one round.
+    const int per = ROOMY ? max(1, min(64 / n, SD_TR / nb)) : 1;
+    for (int q0 = 0; q0 < m_all; q0 += per * 64) {
+      const int mm = min(per * 64, m_all - q0);
+      __syncthreads();  // the previous chunks' reads are done
+      sd_stage(mm, n, [&](int q, int kk) { return __ldg(weight + qw[q0 + q] + k0 + kk); },
+               [&](int q, int kk, float v) {
+                 ws[(ROOMY ? (q & 63) * 64 + (q >> 6) * n : q * 64) + kk] = v;
+               });
       sd_wait_previous();  // the weights before, the successors' dz after
-      sd_stage(nb, m,
+      sd_stage(nb, mm,
                [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q0 + q]]; },
-               [&](int r, int q, float v) { ds[r][q] = v; });
+               [&](int r, int q, float v) {
+                 if (ROOMY) ds[(q >> 6) * nb + r][q & 63] = v;
+                 else ds[r][q] = v;
+               });
       __syncthreads();
-      if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
+      if (active && !ROOMY) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm);
+      if (active && ROOMY)
+        for (int c = 0; c * 64 < mm; ++c)  // chunk by chunk: the sums in column order
+          sd_tile_rows(acc, &ws[c * n + k - k0], 64, &ds[c * nb][0], 64 + 1, r0, groups, nb,
+                       min(64, mm - c * 64));
     }
     for (int si = 0; m_all < 0 && si < nd.n_succs; ++si) {
       const int4 sc = __ldg(succs + nd.succ_start + si);  // act, w_off of our column 0, width, fan_in
