@@ -428,9 +428,23 @@ def begin_capture(stream: Handle) -> Handle:
     return stream.create_graph_builder().begin_building()
 
 
-def end_capture(builder: Handle, stream: Handle) -> Handle:
-    """Finish a capture: an executable graph, uploaded to ``stream``'s device."""
-    graph = builder.end_building().complete()
+def end_capture(builder: Handle, stream: Handle, *, into: Handle | None = None) -> Handle:
+    """Finish a capture: an executable graph, uploaded to ``stream``'s device.
+
+    ``into``: an executable graph to update in place instead (``cuGraphExecUpdate``: the
+    new kernel arguments and launch shapes, for launches already enqueued too late to
+    see them), which is returned if the driver takes the update: the same nodes in the
+    same order with the same edges. Otherwise a new graph is instantiated (~4 µs a node
+    against ~0.3 for an update) and ``into`` is left to be dropped.
+    """
+    built = builder.end_building()
+    if into is not None:
+        try:
+            into.update(built)
+            return into
+        except Exception:  # another topology (the driver says which way): instantiate
+            pass
+    graph = built.complete()
     graph.upload(stream)
     return graph
 

@@ -74,6 +74,9 @@ def main(preset: str = "M", batches: int = 30, mode: str = "persistent") -> None
               f"step {ms[3]:5.2f} ms; depth repairs {len(repairs)} (seeds {sum(repairs)}); "
               f"by level {backend._tables.by_level}; allocated {allocs}",
               flush=True)
+    if mode in ("graph", "fused") or getattr(backend, "active_mode", "") == "graph":
+        print(f"graph captures that updated the executable graph in place: "
+              f"{getattr(backend, '_graph_updates', 'n/a')} of {batches}")
     med = np.median(np.array(rows), axis=0)
     print(f"median: total {med[0]:.2f} apply {med[1]:.2f} catch-up {med[2]:.2f} "
           f"step {med[3]:.2f} ms")

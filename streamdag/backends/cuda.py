@@ -289,6 +289,7 @@ class CudaBackend(Backend):
         self._host_tables: NetTables | None = None
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
+        self._graph_updates = 0  # captures that updated the executable graph in place
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
         self._executor_key: tuple[int, int] | None = None
         # streams mode: each node's task key (1 the output, 2 + id a group) by table index,
@@ -695,7 +696,7 @@ class CudaBackend(Backend):
         for kind, buf in new.items():
             self._bufs.pop(kind).close()
             self._bufs[kind] = buf
-        self._graph_exe = None
+        self._graph_key = None  # capture again (updating the graph: see _launch_graph)
         self._executor_key = None
         self._wt_stale = True
 
@@ -839,7 +840,7 @@ class CudaBackend(Backend):
             self._buf("correct_rows", 4 * bcap, exact=True)
             self._buf("x", 4 * bcap * t.n_inputs, exact=True)
             self._batch_capacity = bcap
-            self._graph_exe = None
+            self._graph_key = None
         if "x" not in self._bufs or self._bufs["x"].size < 4 * batch * t.n_inputs:
             self._buf("x", 4 * self._batch_capacity * t.n_inputs, exact=True)
         self._buf("loss", 4)
@@ -1151,11 +1152,18 @@ class CudaBackend(Backend):
         return tg
 
     def _launch_graph(self, batch: int) -> None:
+        """Replay the level sequence as a CUDA graph, captured again after the tables were
+        rebuilt (a mutation batch), a buffer it names moved, or for another batch size. A
+        new capture of as many levels as before (a batch that added no level) updates the
+        executable graph in place (new grids and arguments) rather than instantiating
+        another."""
         key = (self._structure, batch)
         if self._graph_exe is None or self._graph_key != key:
+            old, self._graph_exe = self._graph_exe, None  # a failed capture leaves none
             builder = self._drv.begin_capture(self.stream)
             self._launch_levels(builder, batch)
-            self._graph_exe = self._drv.end_capture(builder, self.stream)
+            self._graph_exe = self._drv.end_capture(builder, self.stream, into=old)
+            self._graph_updates += self._graph_exe is old
             self._graph_key = key
         self._drv.graph_launch(self._graph_exe, self.stream)
 
@@ -1197,7 +1205,7 @@ class CudaBackend(Backend):
         self._bufs[name] = buf = self._alloc(name, nbytes if exact else nbytes + nbytes // 4)
         # captured graphs and bound executors hold raw pointers: recapture, and re-bind
         # (the executor's successor re-packs only the launches that name a moved buffer)
-        self._graph_exe = None
+        self._graph_key = None  # capture again (updating the graph: see _launch_graph)
         self._executor_key = None
         return buf
 

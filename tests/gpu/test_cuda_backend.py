@@ -198,6 +198,20 @@ def test_auto_mode_follows_the_shape_through_a_batch_and_matches_the_reference()
     assert seen == ["graph"] * 3 + ["persistent"] * 2
 
 
+@pytest.mark.parametrize("kind", ["width", "depth"])
+def test_graph_mode_updates_its_graph_in_place_when_a_batch_adds_no_level(kind: str) -> None:
+    # a chain of 4 groups: a width duplication keeps its 4 levels, so the next capture
+    # updates the executable graph (new grids, new tables); a depth duplication adds a
+    # level, so a new graph is instantiated. Both match the reference.
+    graph = NetworkGraph.from_edges(n_inputs=8, n_classes=3, widths=[16, 24, 16, 8],
+                                    preds=[[-1], [0], [1], [2]])
+    mutation = DuplicateWidth(1) if kind == "width" else DuplicateDepth(1)
+    updates: list[int] = []
+    run_both("graph", "pull", graph, seed=9, batch=64, steps=6, mutate_at=(1, 3),
+             mutations=[mutation], on_step=lambda b, step: updates.append(b._graph_updates))
+    assert updates == ([0, 0, 1, 1, 2, 2] if kind == "width" else [0] * 6)
+
+
 def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
                                     params: ParamStore) -> None:
     """Every table ``kernels/tables.cu`` built equals ``NetTables.build``'s, byte for byte
