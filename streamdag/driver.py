@@ -432,10 +432,12 @@ def end_capture(builder: Handle, stream: Handle, *, into: Handle | None = None) 
     """Finish a capture: an executable graph, uploaded to ``stream``'s device.
 
     ``into``: an executable graph to update in place instead (``cuGraphExecUpdate``: the
-    new kernel arguments and launch shapes, for launches already enqueued too late to
-    see them), which is returned if the driver takes the update: the same nodes in the
-    same order with the same edges. Otherwise a new graph is instantiated (~4 µs a node
-    against ~0.3 for an update) and ``into`` is left to be dropped.
+    new kernel arguments and launch shapes; launches already enqueued keep the old ones),
+    which is returned if the driver takes the update: it needs the same nodes in the
+    same order with the same edges, so pass one only where that is known (a refused
+    update is an API error to tools such as compute-sanitizer). Otherwise a new graph is
+    instantiated (~4 µs a node against ~0.3 for an update) and ``into`` is left to be
+    dropped.
     """
     built = builder.end_building()
     if into is not None:

@@ -290,6 +290,7 @@ class CudaBackend(Backend):
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._graph_updates = 0  # captures that updated the executable graph in place
+        self._graph_topology: tuple[int, bool, str] | None = None  # of the graph captured
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
         self._executor_key: tuple[int, int] | None = None
         # streams mode: each node's task key (1 the output, 2 + id a group) by table index,
@@ -1159,12 +1160,18 @@ class CudaBackend(Backend):
         another."""
         key = (self._structure, batch)
         if self._graph_exe is None or self._graph_key != key:
+            t = self._tables
+            assert t is not None
+            # the captured sequence's nodes and edges follow from these (not the grids,
+            # arguments or kernel builds, which an update may change)
+            topology = (t.n_levels, self._splits() > 1, self.backward)
             old, self._graph_exe = self._graph_exe, None  # a failed capture leaves none
             builder = self._drv.begin_capture(self.stream)
             self._launch_levels(builder, batch)
-            self._graph_exe = self._drv.end_capture(builder, self.stream, into=old)
+            self._graph_exe = self._drv.end_capture(
+                builder, self.stream, into=old if topology == self._graph_topology else None)
             self._graph_updates += self._graph_exe is old
-            self._graph_key = key
+            self._graph_key, self._graph_topology = key, topology
         self._drv.graph_launch(self._graph_exe, self.stream)
 
     # ------------------------------------------------------------------ reading back

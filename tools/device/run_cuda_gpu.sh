@@ -52,3 +52,8 @@ for b in reference cuda; do
   cp "/tmp/digits-$b/network.dot" "$out/digits-$b.dot"
 done
 cmp "$out/digits-reference.dot" "$out/digits-cuda.dot" && echo "same grown structure" || echo "structures differ"
+# the verdicts again, last, where a caller that keeps only the tail of the output sees them
+echo "== summary"; cat "$out/gpu.txt"; tail -1 "$out/pytest_cuda.log"
+for tool in memcheck racecheck; do
+  echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
+done
