@@ -50,7 +50,10 @@ A step is a handful of launches whose shape depends on ``mode``:
   (programmatic dependent launch): each loads its tables and weights while the kernel ahead
   finishes, and waits for it only before reading activations or gradients.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
-  after a mutation.
+  after a mutation (the executable graph updated in place when the levels are as many as
+  before). With the pull backward, the weight gradient goes in runs of levels on branches
+  of the graph beside the backward chain, each as soon as the backward has passed the
+  shallowest level that reads its weights (:func:`wgrad_chunks`).
 * ``streams``: the literal design, through :mod:`streamdag.scheduler`: one task per group
   for its forward and one for its backward (plus softmax, one weight-update task for all
   groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
@@ -123,6 +126,7 @@ AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mo
 AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode runs
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
+WG_CHUNKS = 32      # graph mode: chunks of levels the weight gradient is launched in
 STEP_THREADS = 512  # default SD_STEP_THREADS
 SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 # struct SdParamOp and enum SdOpKind in kernels/growth.cu
@@ -198,6 +202,60 @@ def auto_mode(t: TableShape) -> str:
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")
     return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width)
+
+
+def reader_levels(inp: TableInputs) -> np.ndarray:
+    """Per node index of tables built level by level from ``inp``: the shallowest level
+    whose pull backward reads the node's weights — its predecessors' levels, the input's
+    left out (it has no backward) — or the node's own level where no other level does. Once
+    the backward has finished that level, the node's weights may be updated."""
+    starts = inp.level_start
+    node_level = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    out = len(starts) - 2
+    level_of = np.full(len(inp.width) + 1, out, np.int64)  # INPUT (-1) reads the last
+    level_of[inp.order] = node_level[1:-1]
+    reader = node_level.astype(np.int64)
+    if len(inp.order):
+        counts, first = inp.count[inp.order], inp.start[inp.order]
+        seg = np.zeros(len(counts), np.intp)
+        np.cumsum(counts[:-1], out=seg[1:])
+        pred_levels = level_of[inp.pool[np.repeat(first - seg, counts) + np.arange(seg[-1]
+                                                                                  + counts[-1])]]
+        np.minimum(reader[1:-1], np.minimum.reduceat(pred_levels, seg), out=reader[1:-1])
+    if len(inp.out_preds):
+        reader[-1] = min(out, int(level_of[inp.out_preds].min()))
+    return reader
+
+
+def wgrad_chunks(level_start: np.ndarray, reader: np.ndarray, tile_start: np.ndarray,
+                 chunks: int) -> list[tuple[int, int, int]]:
+    """Graph mode's weight-gradient launches beside the backward chain: ``(fork level,
+    first tile, tiles)``, where the launch may start once the pull backward has finished
+    ``fork level`` (1: the whole chain; the output's level: the loss), in the order the
+    backward reaches them.
+
+    The levels go in runs, deep to shallow: the output alone, then up to ``chunks - 1`` (at
+    least one) of the groups' levels; a
+    run's launch waits for the shallowest level that reads its nodes' weights
+    (``reader``, from :func:`reader_levels`): its update rewrites them. ``tile_start[n]``
+    is node ``n``'s first tile, ``tile_start[n_nodes]`` the number of tiles. Runs with the
+    same fork level next to each other are one launch.
+    """
+    out = len(level_start) - 2
+    bounds = np.unique(np.concatenate([[out + 1],
+                                       np.linspace(out, 1, max(chunks - 1, 1) + 1).round()]))
+    found: list[tuple[int, int, int]] = []
+    for lo, hi in zip(bounds[-2::-1].astype(int), bounds[:0:-1].astype(int), strict=True):
+        n0, n1 = int(level_start[lo]), int(level_start[hi])  # levels lo .. hi - 1
+        t0, t1 = int(tile_start[n0]), int(tile_start[n1])
+        if t1 == t0:
+            continue
+        fork = max(1, int(reader[n0:n1].min()))
+        if found and found[-1][0] == fork and found[-1][1] == t1:  # the run before it
+            found[-1] = (fork, t0, found[-1][2] + t1 - t0)
+        else:
+            found.append((fork, t0, t1 - t0))
+    return sorted(found, key=lambda c: -c[0])
 
 
 def _auto_mode(groups: int, levels: int, mean_width: float) -> str:
@@ -290,7 +348,8 @@ class CudaBackend(Backend):
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._graph_updates = 0  # captures that updated the executable graph in place
-        self._graph_topology: tuple[int, bool, str] | None = None  # of the graph captured
+        self._wgrad_branches = 0  # weight-gradient runs the last capture branched off
+        self._graph_topology: tuple[Any, ...] | None = None  # of the graph captured
         self._executor: Any = None  # streams mode: a bound scheduler CudaExecutor
         self._executor_key: tuple[int, int] | None = None
         # streams mode: each node's task key (1 the output, 2 + id a group) by table index,
@@ -452,6 +511,7 @@ class CudaBackend(Backend):
         upload what they need, with the arrays ``also`` (into the buffers they name), in
         one staged copy."""
         self._tables = self._host_tables = None  # until the device holds the new ones
+        self._table_inputs: TableInputs | None = None
         if self.mode in ("streams", "streams-graph"):
             h = NetTables.build(graph, params)
             # a task names its node by a key that survives mutations (task_nodes[key] is
@@ -470,6 +530,7 @@ class CudaBackend(Backend):
             t, self._host_tables = h.shape, h
         else:
             inp = TableInputs.build(graph, params, flow=self._flow_tables(graph))
+            self._table_inputs = inp
             shape = self._build_tables(inp, also or {})
             if shape is None:  # a node without a slot: let the host name it
                 params.offsets(np.append(inp.order, OUTPUT))
@@ -958,7 +1019,7 @@ class CudaBackend(Backend):
                 self._b("bias"), self._b("weight_mom"), self._b("bias_mom"), self._b("act"),
                 self._b("dh"), self._b("dz"), self._b("hyper"), np.int32(batch),
                 np.int32(t.row_stride), self._b("grad_std"), self._b("act_mean"),
-                self._b("weight_t"))),
+                self._b("weight_t"), np.int32(0))),
             (self._k["sd_reduce_loss"], self._cfg((1,), (256,)), (
                 self._b("loss_rows"), self._b("correct_rows"), np.int32(batch),
                 self._b("loss"), self._b("correct")))]
@@ -982,9 +1043,16 @@ class CudaBackend(Backend):
         if splits > 1:
             self._buf("split_part", 4 * splits * batch * t.n_classes)
 
-    def _launch_levels(self, stream: Any, batch: int) -> None:
+    def _launch_levels(self, stream: Any, batch: int,
+                       runs: list[tuple[int, int, int]] | None = None) -> Any:
         """The ``fused`` sequence: one grouped launch per level and phase (the tiled level
-        kernels; the output's forward split over its columns), then the update."""
+        kernels; the output's forward split over its columns), then the update.
+
+        ``runs`` (a graph capture with the pull backward, ``stream`` its builder): the weight
+        gradient in runs of levels (:func:`wgrad_chunks`), each on a branch of the graph
+        that starts after the backward of its fork level, the chain going on beside it.
+        Returns what to finish the capture with: the builder that joins the branches (else
+        ``stream``)."""
         t = self._tables
         assert t is not None
         common = (np.int32(batch), np.int32(t.row_stride))
@@ -1035,6 +1103,19 @@ class CudaBackend(Backend):
                      self._b("dz"), self._b("labels"), self._b("loss_rows"),
                      self._b("correct_rows"), *common, stream=stream)
         if self.backward == "pull":
+            pending, branches = list(runs or ()), []
+            (wgrad, _, wg_args), reduce_loss = self._update_launches(batch)
+
+            def fork(level: int) -> None:  # the runs that may start once `level` is done
+                nonlocal stream
+                while pending and pending[0][0] >= level:
+                    _, first, count = pending.pop(0)
+                    stream, branch = stream.split(2)
+                    self._launch(wgrad, (count,), (WG_THREADS,), 0, *wg_args[:-1],
+                                 np.int32(first), stream=branch)
+                    branches.append(branch)
+
+            fork(out)
             for lv in range(out - 1, 0, -1):
                 s, n = starts[lv], starts[lv + 1] - starts[lv]
                 tr = rows(n)
@@ -1044,6 +1125,17 @@ class CudaBackend(Backend):
                              np.int32(s), self._b("weight"), self._b("act"), self._b("dh"),
                              self._b("dz"), *common, np.int32(tr), stream=stream,
                              early=early)
+                if lv > 1:
+                    fork(lv)
+            if runs is not None:  # the rest after the chain, then the branches joined
+                for _, first, count in pending:
+                    self._launch(wgrad, (count,), (WG_THREADS,), 0, *wg_args[:-1],
+                                 np.int32(first), stream=stream)
+                self._wgrad_branches = len(branches)
+                if branches:
+                    stream = type(stream).join(stream, *branches)
+                self._drv.launch(stream, reduce_loss[1], reduce_loss[0], reduce_loss[2])
+                return stream
         else:
             bwd_rows = math.ceil(batch / BWD_ROWS)
             self.gpu.memset(self._b("dh"), 0, nbytes=4 * batch * t.row_stride, stream=stream)
@@ -1054,6 +1146,7 @@ class CudaBackend(Backend):
                     self._b("weight"), self._b("act"), self._b("dh"), self._b("dz"), *common,
                     stream=stream)
         self._launch_update(stream, batch)
+        return stream
 
     def _launch_streams(self, batch: int) -> None:
         """The literal design: one scheduler task per group and phase, on several streams
@@ -1129,8 +1222,8 @@ class CudaBackend(Backend):
         update = tg.launch("update", spec["sd_wgrad_update"], b("nodes"), b("tiles"),
                            b("colmap"), b("weight"), b("bias"), b("weight_mom"),
                            b("bias_mom"), b("act"), b("dh"), b("dz"), b("hyper"), *common,
-                           b("grad_std"), b("act_mean"), b("weight_t"), grid=len(t.tiles),
-                           block=WG_THREADS)
+                           b("grad_std"), b("act_mean"), b("weight_t"), i32(0),
+                           grid=len(t.tiles), block=WG_THREADS)
         tg.launch("loss", spec["sd_reduce_loss"], b("loss_rows"), b("correct_rows"),
                   i32(batch), b("loss"), b("correct"), grid=1, block=256)
         self._stream_specs, self._stream_specs_batch = kept, batch
@@ -1163,16 +1256,29 @@ class CudaBackend(Backend):
             t = self._tables
             assert t is not None
             # the captured sequence's nodes and edges follow from these (not the grids,
-            # arguments or kernel builds, which an update may change)
-            topology = (t.n_levels, self._splits() > 1, self.backward)
+            # arguments or kernel builds, which an update may change): the levels, the
+            # output's split, the backward and where the weight-gradient runs branch off
+            runs = self._wgrad_runs() if self.backward == "pull" else None
+            topology = (t.n_levels, self._splits() > 1, self.backward,
+                        tuple(r[0] for r in runs or ()))
             old, self._graph_exe = self._graph_exe, None  # a failed capture leaves none
             builder = self._drv.begin_capture(self.stream)
-            self._launch_levels(builder, batch)
+            builder = self._launch_levels(builder, batch, runs)
             self._graph_exe = self._drv.end_capture(
                 builder, self.stream, into=old if topology == self._graph_topology else None)
             self._graph_updates += self._graph_exe is old
             self._graph_key, self._graph_topology = key, topology
         self._drv.graph_launch(self._graph_exe, self.stream)
+
+    def _wgrad_runs(self) -> list[tuple[int, int, int]]:
+        """:func:`wgrad_chunks` for the current tables (each node's first tile read back
+        from the device, where the tables were built)."""
+        t, inp = self._tables, self._table_inputs
+        assert t is not None and inp is not None and t.by_level
+        tile_start = np.empty(t.n_nodes, np.int32)
+        self.gpu.download_range(self._b("tab_tstart"), 0, tile_start, stream=self.stream)
+        return wgrad_chunks(t.level_start, reader_levels(inp), np.append(tile_start, t.n_tiles),
+                            WG_CHUNKS)
 
     # ------------------------------------------------------------------ reading back
     def _read_loss(self) -> tuple[float, int]:

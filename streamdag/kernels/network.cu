@@ -34,7 +34,8 @@
 //   sd_forward_tiled_wide, sd_backward_tiled_wide  the same for groups 32 wide or more
 //   sd_backward_push  [grid (count, ceil(B/BWD_ROWS)), block 128]  dz of a slice from its
 //                     complete dh, then atomicAdd dz·W into the predecessors' dh (zeroed first)
-//   sd_wgrad_update   [grid n_tiles, block WG_THREADS]  dW, db, SGD step, stats per tile
+//   sd_wgrad_update   [grid tiles, block WG_THREADS]  dW, db, SGD step, stats per tile, for
+//                     tiles tile0 .. tile0 + tiles (graph mode launches runs of levels)
 //   sd_transpose_weights [grid n_nodes - 1, block 256]  weight_t from weight (after a mutation)
 //   sd_reduce_loss    [grid 1, block 256]               mean loss and correct count
 //   sd_scatter_input / sd_gather_output  [1-D, block 256]  batch in, logits out
@@ -661,12 +662,12 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     const int* __restrict__ colmap, float* weight, float* bias, float* weight_mom,
     float* bias_mom, const float* act, const float* dh, const float* dz,
     const float* __restrict__ hyper, int batch, int row_stride, float* grad_std,
-    float* act_mean, float* weight_t) {
+    float* act_mean, float* weight_t, int tile0) {
   __shared__ float xs[SD_WG_ROWCHUNK][SD_WG_XCOLS + 1];  // + 1: no bank conflicts
   __shared__ float ds[SD_WG_ROWCHUNK][64];
   __shared__ float dbs[SD_WG_THREADS];
   __shared__ double red[3][SD_WG_THREADS];
-  const int4 t = tiles[blockIdx.x];
+  const int4 t = tiles[tile0 + blockIdx.x];
   const Node nd = nodes[t.x];
   const float lr = hyper[0], mu = hyper[1], wd = hyper[2];
   const int tc = t.z, wdt = nd.width;

@@ -212,6 +212,19 @@ def test_graph_mode_updates_its_graph_in_place_when_a_batch_adds_no_level(kind: 
     assert updates == ([0, 0, 1, 1, 2, 2] if kind == "width" else [0] * 6)
 
 
+def test_graph_mode_updates_weights_beside_the_backward_chain() -> None:
+    # a deep DAG whose groups read the 16 groups before them: most weight-gradient runs
+    # branch off the backward chain long before it ends (each once every level that reads
+    # its weights is done); losses and weights match the reference through batches
+    from streamdag.bench.dagbench import build_workload, resolve_spec
+
+    work = build_workload(resolve_spec("smoke", groups=160, width=16))
+    branches: list[int] = []
+    run_both("graph", "pull", work.graph, seed=4, batch=64, steps=6, mutate_at=(1, 3),
+             on_step=lambda b, step: branches.append(b._wgrad_branches))
+    assert min(branches) >= 4, branches
+
+
 def device_tables_equal_host_tables(backend: Any, graph: NetworkGraph,
                                     params: ParamStore) -> None:
     """Every table ``kernels/tables.cu`` built equals ``NetTables.build``'s, byte for byte

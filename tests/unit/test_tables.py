@@ -190,3 +190,58 @@ def test_auto_mode_runs_the_level_kernels_on_wide_levels_or_wide_groups(
 
     work = build_workload(resolve_spec("S", **overrides))
     assert auto_mode(NetTables.build(work.graph, work.params).shape) == want
+
+
+def check_wgrad_runs(graph: NetworkGraph, params: ParamStore, chunks: int) -> None:
+    """graph mode's weight-gradient runs (``wgrad_chunks``): every tile in exactly one run,
+    each run branching off only once the backward has passed every level that reads the
+    weights it updates (its nodes' predecessors' levels, the input's aside) and their own."""
+    from streamdag.backends.cuda import reader_levels, wgrad_chunks
+    from streamdag.backends.tables import TableInputs
+
+    t = NetTables.build(graph, params)
+    n = len(t.nodes)
+    level = np.repeat(np.arange(len(t.level_start) - 1), np.diff(t.level_start))
+    reader = reader_levels(TableInputs.build(graph, params))
+    for v in range(1, n):  # brute force, from the host tables' predecessor lists
+        preds = t.preds[t.nodes[v, 5]: t.nodes[v, 5] + t.nodes[v, 6]]
+        assert reader[v] == min([level[v], *(level[p] for p in preds if p != 0)]), v
+    tile_start = np.searchsorted(t.tiles[:, 0], np.arange(n + 1))
+    runs = wgrad_chunks(t.level_start, reader, tile_start, chunks)
+    assert [r[0] for r in runs] == sorted((r[0] for r in runs), reverse=True)
+    assert len(runs) <= max(chunks, 2)  # the output's run and up to chunks - 1 others
+    covered = np.zeros(len(t.tiles), np.intp)
+    for fork, first, count in runs:
+        covered[first: first + count] += 1
+        assert all(1 <= fork <= reader[v] for v in set(t.tiles[first: first + count, 0]))
+    assert (covered == 1).all()
+
+
+@settings(max_examples=40)
+@given(spec=dag_specs(max_groups=12, max_width=20), chunks=st.sampled_from([1, 2, 3, 32]),
+       data=st.data())
+def test_weight_gradient_runs_wait_for_every_reader_of_their_weights(
+        spec: DagSpec, chunks: int, data: st.DataObject) -> None:
+    g = spec.build()
+    p = random_params(g, 0)
+    check_wgrad_runs(g, p, chunks)
+    for _ in range(data.draw(st.integers(1, 3))):
+        with contextlib.suppress(StreamDagError):  # refused batches change nothing
+            apply_mutations(g, p, random_batch(g, data.draw), rng=np.random.default_rng(0),
+                            noise=0.01)
+        check_wgrad_runs(g, p, chunks)
+
+
+def test_weight_gradient_runs_on_dagbench_s_branch_off_early() -> None:
+    # dag-bench draws predecessors from the 64 groups before: most runs branch off long
+    # before the backward chain ends (fork level 1)
+    from streamdag.backends.cuda import WG_CHUNKS, reader_levels, wgrad_chunks
+    from streamdag.backends.tables import TableInputs
+
+    work = build_workload(resolve_spec("S"))
+    check_wgrad_runs(work.graph, work.params, WG_CHUNKS)
+    t = NetTables.build(work.graph, work.params)
+    runs = wgrad_chunks(t.level_start, reader_levels(TableInputs.build(work.graph, work.params)),
+                        np.searchsorted(t.tiles[:, 0], np.arange(len(t.nodes) + 1)), WG_CHUNKS)
+    early = sum(count for fork, _, count in runs if fork > 1)
+    assert early > 0.8 * len(t.tiles), runs
