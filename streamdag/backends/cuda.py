@@ -126,7 +126,8 @@ AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mo
 AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode runs
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
-WG_CHUNKS = 32      # graph mode: chunks of levels the weight gradient is launched in
+WG_CHUNKS = 16      # graph mode: runs of levels the weight gradient is launched in (< 2: one
+                    # launch after the backward chain)
 STEP_THREADS = 512  # default SD_STEP_THREADS
 SMEM_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 # struct SdParamOp and enum SdOpKind in kernels/growth.cu
@@ -1258,7 +1259,7 @@ class CudaBackend(Backend):
             # the captured sequence's nodes and edges follow from these (not the grids,
             # arguments or kernel builds, which an update may change): the levels, the
             # output's split, the backward and where the weight-gradient runs branch off
-            runs = self._wgrad_runs() if self.backward == "pull" else None
+            runs = self._wgrad_runs() if self.backward == "pull" and WG_CHUNKS > 1 else None
             topology = (t.n_levels, self._splits() > 1, self.backward,
                         tuple(r[0] for r in runs or ()))
             old, self._graph_exe = self._graph_exe, None  # a failed capture leaves none
