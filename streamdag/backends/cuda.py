@@ -50,10 +50,11 @@ A step is a handful of launches whose shape depends on ``mode``:
   (programmatic dependent launch): each loads its tables and weights while the kernel ahead
   finishes, and waits for it only before reading activations or gradients.
 * ``graph``: the ``fused`` sequence captured once as a CUDA graph and replayed; re-captured
-  after a mutation (the executable graph updated in place when the levels are as many as
-  before). With the pull backward, the weight gradient goes in runs of levels on branches
-  of the graph beside the backward chain, each as soon as the backward has passed the
-  shallowest level that reads its weights (:func:`wgrad_chunks`).
+  after a mutation (the executable graph updated in place when the batch left the levels,
+  and where the branches below start, as they were). With the pull backward, the weight
+  gradient goes in runs of levels on branches of the graph beside the backward chain, each
+  as soon as the backward has passed the shallowest level that reads its weights
+  (:func:`wgrad_chunks`).
 * ``streams``: the literal design, through :mod:`streamdag.scheduler`: one task per group
   for its forward and one for its backward (plus softmax, one weight-update task for all
   groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
@@ -236,11 +237,10 @@ def wgrad_chunks(level_start: np.ndarray, reader: np.ndarray, tile_start: np.nda
     backward reaches them.
 
     The levels go in runs, deep to shallow: the output alone, then up to ``chunks - 1`` (at
-    least one) of the groups' levels; a
-    run's launch waits for the shallowest level that reads its nodes' weights
-    (``reader``, from :func:`reader_levels`): its update rewrites them. ``tile_start[n]``
-    is node ``n``'s first tile, ``tile_start[n_nodes]`` the number of tiles. Runs with the
-    same fork level next to each other are one launch.
+    least one) of the groups' levels. A run's launch waits for the shallowest level that
+    reads its nodes' weights (``reader``, from :func:`reader_levels`): its update rewrites
+    them. ``tile_start[n]`` is node ``n``'s first tile, ``tile_start[n_nodes]`` the number
+    of tiles. Runs with the same fork level next to each other are one launch.
     """
     out = len(level_start) - 2
     bounds = np.unique(np.concatenate([[out + 1],
@@ -346,6 +346,7 @@ class CudaBackend(Backend):
         # which plans a task per node on the host (the others build them on the device)
         self._tables: TableShape | None = None
         self._host_tables: NetTables | None = None
+        self._table_inputs: TableInputs | None = None  # what the device tables came from
         self._graph_key: tuple[int, int] | None = None  # (structure version, batch)
         self._graph_exe: Any = None
         self._graph_updates = 0  # captures that updated the executable graph in place
@@ -511,8 +512,7 @@ class CudaBackend(Backend):
         """Rebuild the tables — on the device, or in ``streams`` mode on the host — and
         upload what they need, with the arrays ``also`` (into the buffers they name), in
         one staged copy."""
-        self._tables = self._host_tables = None  # until the device holds the new ones
-        self._table_inputs: TableInputs | None = None
+        self._tables = self._host_tables = self._table_inputs = None  # until rebuilt
         if self.mode in ("streams", "streams-graph"):
             h = NetTables.build(graph, params)
             # a task names its node by a key that survives mutations (task_nodes[key] is
@@ -1249,9 +1249,9 @@ class CudaBackend(Backend):
     def _launch_graph(self, batch: int) -> None:
         """Replay the level sequence as a CUDA graph, captured again after the tables were
         rebuilt (a mutation batch), a buffer it names moved, or for another batch size. A
-        new capture of as many levels as before (a batch that added no level) updates the
-        executable graph in place (new grids and arguments) rather than instantiating
-        another."""
+        new capture of the same shape (as many levels, the weight-gradient runs branching
+        off at the same levels: usually a batch that added no level) updates the executable
+        graph in place (new grids and arguments) rather than instantiating another."""
         key = (self._structure, batch)
         if self._graph_exe is None or self._graph_key != key:
             t = self._tables

@@ -473,7 +473,8 @@ __device__ __forceinline__ void sd_backward_tile(
                  else ds[r][q] = v;
                });
       __syncthreads();
-      if (active && !ROOMY) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm);
+      if (active && !ROOMY)
+        sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm);
       if (active && ROOMY)
         for (int c = 0; c * 64 < mm; ++c)  // chunk by chunk: the sums in column order
           sd_tile_rows(acc, &ws[c * n + k - k0], 64, &ds[c * nb][0], 64 + 1, r0, groups, nb,
