@@ -219,10 +219,10 @@ def reader_levels(inp: TableInputs) -> np.ndarray:
     reader = node_level.astype(np.int64)
     if len(inp.order):
         counts, first = inp.count[inp.order], inp.start[inp.order]
-        seg = np.zeros(len(counts), np.intp)
+        seg = np.zeros(len(counts), np.intp)  # each group's first entry in the gathered list
         np.cumsum(counts[:-1], out=seg[1:])
-        pred_levels = level_of[inp.pool[np.repeat(first - seg, counts) + np.arange(seg[-1]
-                                                                                  + counts[-1])]]
+        entries = np.repeat(first - seg, counts) + np.arange(int(counts.sum()))  # pool indices
+        pred_levels = level_of[inp.pool[entries]]
         np.minimum(reader[1:-1], np.minimum.reduceat(pred_levels, seg), out=reader[1:-1])
     if len(inp.out_preds):
         reader[-1] = min(out, int(level_of[inp.out_preds].min()))
@@ -1107,13 +1107,16 @@ class CudaBackend(Backend):
             pending, branches = list(runs or ()), []
             (wgrad, _, wg_args), reduce_loss = self._update_launches(batch)
 
+            def launch_run(first: int, count: int, on: Any) -> None:  # tiles first..+count
+                self._launch(wgrad, (count,), (WG_THREADS,), 0, *wg_args[:-1], np.int32(first),
+                             stream=on)
+
             def fork(level: int) -> None:  # the runs that may start once `level` is done
                 nonlocal stream
                 while pending and pending[0][0] >= level:
                     _, first, count = pending.pop(0)
                     stream, branch = stream.split(2)
-                    self._launch(wgrad, (count,), (WG_THREADS,), 0, *wg_args[:-1],
-                                 np.int32(first), stream=branch)
+                    launch_run(first, count, branch)
                     branches.append(branch)
 
             fork(out)
@@ -1130,8 +1133,7 @@ class CudaBackend(Backend):
                     fork(lv)
             if runs is not None:  # the rest after the chain, then the branches joined
                 for _, first, count in pending:
-                    self._launch(wgrad, (count,), (WG_THREADS,), 0, *wg_args[:-1],
-                                 np.int32(first), stream=stream)
+                    launch_run(first, count, stream)
                 self._wgrad_branches = len(branches)
                 if branches:
                     stream = type(stream).join(stream, *branches)
