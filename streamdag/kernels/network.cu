@@ -199,12 +199,25 @@ __device__ __forceinline__ void sd_stage_rows(int rows, int r_first, int step, i
       if (r0 + u * step < rows) store(r0 + u * step, c, v[u]);
   }
 }
+// Where this thread stages in a block of `cols` columns: its column, its first row (past any
+// block for a thread it has no column for) and the row step. Divisions by a runtime value are
+// ~25 dependent instructions each, so a kernel makes the plans of what it stages after its
+// wait (sd_wait_previous) before it.
+struct StagePlan {
+  int c, r_first, step;
+};
+__device__ __forceinline__ StagePlan sd_plan(int cols) {
+  const int t = threadIdx.x, step = SD_TILE_THREADS / cols;
+  return {t % cols, t < step * cols ? t / cols : SD_TILE_THREADS, step};
+}
+template <class Load, class Store>
+__device__ __forceinline__ void sd_stage(int rows, StagePlan p, Load load, Store store) {
+  if (rows >= 8 * p.step) sd_stage_rows<4>(rows, p.r_first, p.step, p.c, load, store);
+  else sd_stage_rows<2>(rows, p.r_first, p.step, p.c, load, store);
+}
 template <class Load, class Store>
 __device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store store) {
-  const int t = threadIdx.x, step = SD_TILE_THREADS / cols;
-  if (t >= step * cols) return;
-  if (rows >= 8 * step) sd_stage_rows<4>(rows, t / cols, step, t % cols, load, store);
-  else sd_stage_rows<2>(rows, t / cols, step, t % cols, load, store);
+  sd_stage(rows, sd_plan(cols), load, store);
 }
 
 // sd_stage of a weight slab whose rows are runs of cols floats (cols % 4 == 0) starting
@@ -267,13 +280,17 @@ __device__ __forceinline__ void sd_tile_fma(float* acc, const float* w, int w_st
   }
 }
 
-// sd_tile_fma for this thread's rows of the tile, with NJ the next power of two of their
-// count (the inner loop specialised on it: guarding every row in one loop made the tiled
-// kernels issue-bound).
+// This thread's count of rows in a tile of nb rows (a division: see StagePlan).
+__device__ __forceinline__ int sd_tile_count(int nb, int r0, int groups) {
+  return (nb - r0 + groups - 1) / groups;
+}
+
+// sd_tile_fma for this thread's nj rows of the tile (sd_tile_count), with NJ the next power
+// of two of nj (the inner loop specialised on it: guarding every row in one loop made the
+// tiled kernels issue-bound).
 __device__ __forceinline__ void sd_tile_rows(float* acc, const float* w, int w_stride,
                                              const float* x, int x_row, int r0, int groups,
-                                             int nb, int kc) {
-  const int nj = (nb - r0 + groups - 1) / groups;
+                                             int nb, int kc, int nj) {
   if (nj > 4) sd_tile_fma<8>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
   else if (nj > 2) sd_tile_fma<4>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
   else if (nj > 1) sd_tile_fma<2>(acc, w, w_stride, x, x_row, r0, groups, nb, kc);
@@ -309,6 +326,7 @@ __device__ __forceinline__ void sd_forward_tile(
     const int n = min(64, nd.width - o0), groups = SD_TILE_THREADS / n;
     const int o = o0 + t % n, r0 = t / n;
     const bool active = t < groups * n;
+    const int nj = sd_tile_count(nb, r0, groups);
     // the bias before the wait too (no kernel of the step writes it before the update)
     const float bv = !ROOMY || part || !active ? 0.f : __ldg(bias + nd.b_off + o);
     float acc[SD_TILE_ITEMS];
@@ -316,15 +334,18 @@ __device__ __forceinline__ void sd_forward_tile(
     for (int j = 0; j < SD_TILE_ITEMS; ++j) acc[j] = 0.f;
     for (int c0 = c_begin; c0 < c_end; c0 += SD_TK) {
       const int kc = min(SD_TK, c_end - c0);
+      const StagePlan x_plan = sd_plan(kc);
       __syncthreads();  // the previous chunk's reads are done
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
       sd_stage_slab<VEC>(kc, n, weight_t + nd.w_off + o0 + (long long)c0 * nd.width, nd.width, ws);
       __syncthreads();
       sd_wait_previous();  // what came before: the tables and weights; from here the activations
-      sd_stage(nb, kc, [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
+      sd_stage(nb, x_plan,
+               [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
                [&](int r, int c, float v) { xs[r][c] = v; });
       __syncthreads();
-      if (active) sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc);
+      if (active)
+        sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc, nj);
     }
     sd_wait_previous();  // (already, unless the node has no input column)
     if (active) {
@@ -436,6 +457,7 @@ __device__ __forceinline__ void sd_backward_tile(
     const int n = min(64, nd.width - k0), groups = SD_TILE_THREADS / n;
     const int k = k0 + t % n, r0 = t / n;
     const bool active = t < groups * n;
+    const int nj = sd_tile_count(nb, r0, groups);
     // Which of this thread's outputs passed the ReLU (bit j: row r0 + j * groups), read
     // before the wait: the forward wrote h before the backward's first kernel started.
     // (Not in the *_many build: read after the sums there, where it costs less.)
@@ -460,13 +482,14 @@ __device__ __forceinline__ void sd_backward_tile(
     const int per = ROOMY ? max(1, min(64 / n, SD_TR / nb)) : 1;
     for (int q0 = 0; q0 < m_all; q0 += per * 64) {
       const int mm = min(per * 64, m_all - q0);
+      const StagePlan d_plan = sd_plan(mm);
       __syncthreads();  // the previous chunks' reads are done
       sd_stage(mm, n, [&](int q, int kk) { return __ldg(weight + qw[q0 + q] + k0 + kk); },
                [&](int q, int kk, float v) {
                  ws[(ROOMY ? (q & 63) * 64 + (q >> 6) * n : q * 64) + kk] = v;
                });
       sd_wait_previous();  // the weights before, the successors' dz after
-      sd_stage(nb, mm,
+      sd_stage(nb, d_plan,
                [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q0 + q]]; },
                [&](int r, int q, float v) {
                  if (ROOMY) ds[(q >> 6) * nb + r][q & 63] = v;
@@ -474,24 +497,25 @@ __device__ __forceinline__ void sd_backward_tile(
                });
       __syncthreads();
       if (active && !ROOMY)
-        sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm);
+        sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm, nj);
       if (active && ROOMY)
         for (int c = 0; c * 64 < mm; ++c)  // chunk by chunk: the sums in column order
           sd_tile_rows(acc, &ws[c * n + k - k0], 64, &ds[c * nb][0], 64 + 1, r0, groups, nb,
-                       min(64, mm - c * 64));
+                       min(64, mm - c * 64), nj);
     }
     for (int si = 0; m_all < 0 && si < nd.n_succs; ++si) {
       const int4 sc = __ldg(succs + nd.succ_start + si);  // act, w_off of our column 0, width, fan_in
       for (int q0 = 0; q0 < sc.z; q0 += 64) {
         const int m = min(64, sc.z - q0);
+        const StagePlan d_plan = sd_plan(m);
         __syncthreads();
         sd_stage_slab<VEC>(m, n, weight + sc.y + k0 + (long long)q0 * sc.w, sc.w, ws);
         sd_wait_previous();
-        sd_stage(nb, m,
+        sd_stage(nb, d_plan,
                  [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
                  [&](int r, int q, float v) { ds[r][q] = v; });
         __syncthreads();
-        if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m);
+        if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m, nj);
       }
     }
     sd_wait_previous();  // (already, unless no successor column was staged)
