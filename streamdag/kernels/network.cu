@@ -220,6 +220,22 @@ __device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store st
   sd_stage(rows, sd_plan(cols), load, store);
 }
 
+// Keeps v computed before this point: volatile asm statements keep their order, so a value
+// pinned before sd_wait_previous is not computed after it, on the chain of levels.
+template <class T>
+__device__ __forceinline__ void sd_pin(T* v) {
+  asm volatile("" ::"l"(v));
+}
+
+// sd_stage of a column whose rows are evenly spaced in memory: row r of this thread's
+// column (plan p) from src[r * src_ld] into dst[r * dst_ld], src and dst that column's row 0,
+// computed (and pinned) before the kernel's wait, so that only loads and stores follow it.
+__device__ __forceinline__ void sd_stage_col(int rows, StagePlan p, const float* src,
+                                             long long src_ld, float* dst, int dst_ld) {
+  sd_stage(rows, p, [&](int r, int) { return src[r * src_ld]; },
+           [&](int r, int, float v) { dst[r * dst_ld] = v; });
+}
+
 // sd_stage of a weight slab whose rows are runs of cols floats (cols % 4 == 0) starting
 // 16-byte aligned, from row(r) into the 16-byte aligned shared rows dst(r): float4 loads and
 // stores, 4 of them in flight per thread (a 64 × 64 slab: one round instead of four).
@@ -339,10 +355,12 @@ __device__ __forceinline__ void sd_forward_tile(
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
       sd_stage_slab<VEC>(kc, n, weight_t + nd.w_off + o0 + (long long)c0 * nd.width, nd.width, ws);
       __syncthreads();
+      const float* x_src = act + (long long)b0 * row_stride + cm[x_plan.c];
+      float* x_dst = &xs[0][x_plan.c];
+      sd_pin(x_src);
+      sd_pin(x_dst);
       sd_wait_previous();  // what came before: the tables and weights; from here the activations
-      sd_stage(nb, x_plan,
-               [&](int r, int c) { return act[(long long)(b0 + r) * row_stride + cm[c]]; },
-               [&](int r, int c, float v) { xs[r][c] = v; });
+      sd_stage_col(nb, x_plan, x_src, row_stride, x_dst, SD_TK + 1);
       __syncthreads();
       if (active)
         sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc, nj);
@@ -352,7 +370,7 @@ __device__ __forceinline__ void sd_forward_tile(
 #pragma unroll
       for (int j = 0; j < SD_TILE_ITEMS; ++j) {
         const int r = r0 + j * groups;
-        if (r >= nb) continue;
+        if (r >= nb) break;  // (rows go up with j)
         if (part) {
           part[((long long)blockIdx.z * batch + b0 + r) * nd.width + o] = acc[j];
         } else {
@@ -488,13 +506,13 @@ __device__ __forceinline__ void sd_backward_tile(
                [&](int q, int kk, float v) {
                  ws[(ROOMY ? (q & 63) * 64 + (q >> 6) * n : q * 64) + kk] = v;
                });
+      const int q = d_plan.c;
+      const float* d_src = dz + (long long)b0 * row_stride + qa[q0 + q];
+      float* d_dst = ROOMY ? &ds[(q >> 6) * nb][q & 63] : &ds[0][q];
+      sd_pin(d_src);
+      sd_pin(d_dst);
       sd_wait_previous();  // the weights before, the successors' dz after
-      sd_stage(nb, d_plan,
-               [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + qa[q0 + q]]; },
-               [&](int r, int q, float v) {
-                 if (ROOMY) ds[(q >> 6) * nb + r][q & 63] = v;
-                 else ds[r][q] = v;
-               });
+      sd_stage_col(nb, d_plan, d_src, row_stride, d_dst, 64 + 1);
       __syncthreads();
       if (active && !ROOMY)
         sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm, nj);
@@ -510,10 +528,12 @@ __device__ __forceinline__ void sd_backward_tile(
         const StagePlan d_plan = sd_plan(m);
         __syncthreads();
         sd_stage_slab<VEC>(m, n, weight + sc.y + k0 + (long long)q0 * sc.w, sc.w, ws);
+        const float* d_src = dz + (long long)b0 * row_stride + sc.x + q0 + d_plan.c;
+        float* d_dst = &ds[0][d_plan.c];
+        sd_pin(d_src);
+        sd_pin(d_dst);
         sd_wait_previous();
-        sd_stage(nb, d_plan,
-                 [&](int r, int q) { return dz[(long long)(b0 + r) * row_stride + sc.x + q0 + q]; },
-                 [&](int r, int q, float v) { ds[r][q] = v; });
+        sd_stage_col(nb, d_plan, d_src, row_stride, d_dst, 64 + 1);
         __syncthreads();
         if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m, nj);
       }
@@ -523,7 +543,7 @@ __device__ __forceinline__ void sd_backward_tile(
 #pragma unroll
       for (int j = 0; j < SD_TILE_ITEMS; ++j) {
         const int r = r0 + j * groups;
-        if (r >= nb) continue;
+        if (r >= nb) break;  // (rows go up with j)
         const long long i = (long long)(b0 + r) * row_stride + nd.act + k;
         dh[i] = acc[j];
         dz[i] = (ROOMY ? on >> j & 1u : act[i] > 0.f) ? acc[j] : 0.f;
