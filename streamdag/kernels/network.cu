@@ -220,20 +220,49 @@ __device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store st
   sd_stage(rows, sd_plan(cols), load, store);
 }
 
-// Keeps v computed before this point: volatile asm statements keep their order, so a value
-// pinned before sd_wait_previous is not computed after it, on the chain of levels.
+// Computes v here: volatile asm statements keep their order, and the value out of this one
+// is opaque, so a value pinned before sd_wait_previous is neither computed after it (on the
+// chain of levels) nor rematerialised there from the kernel's parameters.
+__device__ __forceinline__ void sd_pin(long long& v) { asm volatile("" : "+l"(v)); }
 template <class T>
-__device__ __forceinline__ void sd_pin(T* v) {
-  asm volatile("" ::"l"(v));
-}
+__device__ __forceinline__ void sd_pin(T*& v) { asm volatile("" : "+l"(v)); }
 
-// sd_stage of a column whose rows are evenly spaced in memory: row r of this thread's
-// column (plan p) from src[r * src_ld] into dst[r * dst_ld], src and dst that column's row 0,
-// computed (and pinned) before the kernel's wait, so that only loads and stores follow it.
-__device__ __forceinline__ void sd_stage_col(int rows, StagePlan p, const float* src,
-                                             long long src_ld, float* dst, int dst_ld) {
-  sd_stage(rows, p, [&](int r, int) { return src[r * src_ld]; },
-           [&](int r, int, float v) { dst[r * dst_ld] = v; });
+// A column staged after the wait whose rows are evenly spaced in memory (sd_stage_col): this
+// thread's first row of it, source and destination, and the steps to its next row.
+struct ColCopy {
+  const float* src;
+  float* dst;
+  long long src_step;
+  int dst_step, r_first, step;
+};
+// Row r of this thread's column (plan p) goes from src[r * src_ld] to dst[r * dst_ld]; made,
+// and pinned, before the kernel's wait, so that only loads and stores follow it.
+__device__ __forceinline__ ColCopy sd_col(StagePlan p, const float* src, long long src_ld,
+                                          float* dst, int dst_ld) {
+  ColCopy cc{src + p.r_first * src_ld, dst + p.r_first * dst_ld, p.step * src_ld,
+             p.step * dst_ld, p.r_first, p.step};
+  sd_pin(cc.src);
+  sd_pin(cc.dst);
+  sd_pin(cc.src_step);
+  return cc;
+}
+template <int U>
+__device__ __forceinline__ void sd_stage_col_rows(int rows, ColCopy cc) {
+  for (int r = cc.r_first; r < rows; r += U * cc.step) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = r + u * cc.step < rows ? cc.src[u * cc.src_step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (r + u * cc.step < rows) cc.dst[u * cc.dst_step] = v[u];
+    cc.src += U * cc.src_step;
+    cc.dst += U * cc.dst_step;
+  }
+}
+// sd_stage of the rows < rows of a column planned by sd_col.
+__device__ __forceinline__ void sd_stage_col(int rows, ColCopy cc) {
+  if (rows >= 8 * cc.step) sd_stage_col_rows<4>(rows, cc);
+  else sd_stage_col_rows<2>(rows, cc);
 }
 
 // sd_stage of a weight slab whose rows are runs of cols floats (cols % 4 == 0) starting
@@ -355,12 +384,10 @@ __device__ __forceinline__ void sd_forward_tile(
       if (t < kc) cm[t] = __ldg(colmap + nd.col_start + c0 + t);
       sd_stage_slab<VEC>(kc, n, weight_t + nd.w_off + o0 + (long long)c0 * nd.width, nd.width, ws);
       __syncthreads();
-      const float* x_src = act + (long long)b0 * row_stride + cm[x_plan.c];
-      float* x_dst = &xs[0][x_plan.c];
-      sd_pin(x_src);
-      sd_pin(x_dst);
+      const ColCopy x_copy = sd_col(x_plan, act + (long long)b0 * row_stride + cm[x_plan.c],
+                                    row_stride, &xs[0][x_plan.c], SD_TK + 1);
       sd_wait_previous();  // what came before: the tables and weights; from here the activations
-      sd_stage_col(nb, x_plan, x_src, row_stride, x_dst, SD_TK + 1);
+      sd_stage_col(nb, x_copy);
       __syncthreads();
       if (active)
         sd_tile_rows(acc, &ws[o - o0], 64, &xs[0][0], SD_TK + 1, r0, groups, nb, kc, nj);
@@ -507,12 +534,11 @@ __device__ __forceinline__ void sd_backward_tile(
                  ws[(ROOMY ? (q & 63) * 64 + (q >> 6) * n : q * 64) + kk] = v;
                });
       const int q = d_plan.c;
-      const float* d_src = dz + (long long)b0 * row_stride + qa[q0 + q];
-      float* d_dst = ROOMY ? &ds[(q >> 6) * nb][q & 63] : &ds[0][q];
-      sd_pin(d_src);
-      sd_pin(d_dst);
+      const ColCopy d_copy = sd_col(d_plan, dz + (long long)b0 * row_stride + qa[q0 + q],
+                                    row_stride, ROOMY ? &ds[(q >> 6) * nb][q & 63] : &ds[0][q],
+                                    64 + 1);
       sd_wait_previous();  // the weights before, the successors' dz after
-      sd_stage_col(nb, d_plan, d_src, row_stride, d_dst, 64 + 1);
+      sd_stage_col(nb, d_copy);
       __syncthreads();
       if (active && !ROOMY)
         sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, mm, nj);
@@ -528,12 +554,11 @@ __device__ __forceinline__ void sd_backward_tile(
         const StagePlan d_plan = sd_plan(m);
         __syncthreads();
         sd_stage_slab<VEC>(m, n, weight + sc.y + k0 + (long long)q0 * sc.w, sc.w, ws);
-        const float* d_src = dz + (long long)b0 * row_stride + sc.x + q0 + d_plan.c;
-        float* d_dst = &ds[0][d_plan.c];
-        sd_pin(d_src);
-        sd_pin(d_dst);
+        const ColCopy d_copy =
+            sd_col(d_plan, dz + (long long)b0 * row_stride + sc.x + q0 + d_plan.c, row_stride,
+                   &ds[0][d_plan.c], 64 + 1);
         sd_wait_previous();
-        sd_stage_col(nb, d_plan, d_src, row_stride, d_dst, 64 + 1);
+        sd_stage_col(nb, d_copy);
         __syncthreads();
         if (active) sd_tile_rows(acc, &ws[k - k0], 64, &ds[0][0], 64 + 1, r0, groups, nb, m, nj);
       }
