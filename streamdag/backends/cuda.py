@@ -42,7 +42,8 @@ A step is a handful of launches whose shape depends on ``mode``:
   of one node's weights, all nodes at once) and ``sd_reduce_loss``. Three launches a step.
 * ``fused``: one grouped launch per DAG level and phase (``sd_forward_tiled`` /
   ``sd_backward_tiled``, or ``sd_backward_push``, over a level's node slice; tiles of 32, 16
-  or 8 batch rows, the shorter where a level is too small to fill the GPU, and the
+  or 8 batch rows, the shorter where a level is too small to fill the GPU (but none shorter
+  than a block has row groups for the network's widest group: 16 rows for 16-wide), and the
   ``*_many`` build of the same kernels for launches of more blocks than it holds at once,
   the ``*_wide`` build, with float4 weight staging, for networks of groups 32 wide or more;
   the output's forward split over its columns), then the same weight-gradient and loss
@@ -120,7 +121,7 @@ BWD_ROWS = 8      # SD_BWD_ROWS
 LEVEL_THREADS = 128
 TILE_ROWS = 32      # SD_TR: batch rows of a tiled level kernel's block, at most
 TILE_FILL = 2       # blocks per SM a tiled level launch should reach; fewer: shorter tiles
-TILE_MIN_ROWS = 8   # the shortest tile (a power of two)
+TILE_MIN_ROWS = 8   # the shortest tile (a power of two; see _launch_levels)
 TILE_MINB = 4       # SD_TILE_MINB: blocks per SM of sd_*_tiled; launches of more use *_many
 TILE_WIDE_WIDTH = 32  # networks with a group this wide launch sd_*_tiled_wide instead
 AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mode runs
@@ -1067,9 +1068,16 @@ class CudaBackend(Backend):
         # before it finished, and so on back. The other launches start as usual.
         early = self._early
 
+        # No tile shorter than a block has row groups for the widest group (16 rows for
+        # 16-wide groups): a shorter one leaves threads idle and makes twice the blocks,
+        # too many to be resident (TILE_MINB an SM) beside the level before them, which is
+        # where they stage their weights early. (H200, graph mode, 16-wide groups: 8-row
+        # tiles made dag-bench M 8% slower, S 6%; 64-wide groups keep 8.)
+        min_rows = min(TILE_ROWS, max(TILE_MIN_ROWS, TILE_THREADS // max(1, t.max_width)))
+
         def rows(blocks: int) -> int:  # tile rows where a tile of each of `blocks` fills
             tr = TILE_ROWS
-            while tr > TILE_MIN_ROWS and blocks * math.ceil(batch / tr) < fill:
+            while tr > min_rows and blocks * math.ceil(batch / tr) < fill:
                 tr //= 2
             return tr
 
