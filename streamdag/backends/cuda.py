@@ -30,7 +30,11 @@ A step is a handful of launches whose shape depends on ``mode``:
   :func:`auto_mode`); chosen again whenever the tables are rebuilt (after a mutation batch).
   On an H100 the persistent kernel, where every block reads every weight, lost to the level
   kernels 1.4-2x on layered networks of 64-512 groups a level and 1.4-1.5x at widths 56-64,
-  and won 1.1-1.6x on deep networks of 16-32-wide groups (dag-bench S, M, L).
+  and won 1.1-1.6x on deep networks of 16-32-wide groups (dag-bench S, M, L). Since the
+  level kernels' eighth-session changes they match it at M and L (H200: 1.79 against 1.83
+  ms, 7.01 against 6.99) and lose at S (0.534 against 0.490); ``auto`` keeps ``persistent``
+  there, whose growth batches cost less than half of a graph re-capture (4.7 against 11 ms
+  at M).
 
 * ``persistent``: one launch runs forward, loss and pull backward of the whole DAG
   for a slice of batch rows per block — rows are independent until the weight gradient, so
@@ -201,6 +205,10 @@ def auto_mode(t: TableShape) -> str:
     16 / 24 / 32 / 40 / 48: 0.80 / 1.18 / 0.85 / 0.99 / 1.02; M (15 a level): 0.87, at width
     32: 0.85; L: 0.88. (Width 24 is the rule's one miss seen: the persistent kernel is slow
     there.) Before those lists graph mode was slower and the level threshold was 48.
+    Since the eighth session's level-kernel changes graph mode matches persistent at M and
+    L (H200, dag-bench: 1.79 / 1.83 ms and 7.01 / 6.99) and is faster at widths 4 and 8
+    (0.294 / 0.358, 0.357 / 0.431 ms at 1,024 groups); the rule is unchanged because a
+    batch of growth costs graph mode a re-capture (11.0 against 4.7 ms at M).
     """
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")
