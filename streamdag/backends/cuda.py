@@ -112,7 +112,7 @@ from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
 from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape
 
-__all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "auto_mode",
+__all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "auto_mode", "tile_rows",
            "unavailable_reason"]
 
 _F32 = np.dtype(np.float32)
@@ -213,6 +213,22 @@ def auto_mode(t: TableShape) -> str:
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")
     return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width)
+
+
+def tile_rows(batch: int, nodes: int, fill: float, max_width: int) -> int:
+    """Batch rows of a tiled level kernel's block (a power of two) for a level of ``nodes``
+    nodes: :data:`TILE_ROWS`, halved while the level's blocks (``nodes`` × tiles of the
+    batch) are fewer than ``fill``, but never below :data:`TILE_MIN_ROWS` nor below the
+    row groups a block has for the network's widest group (:data:`TILE_THREADS` //
+    ``max_width``: 16 rows for 16-wide groups, 32 for 9-wide ones). A shorter tile leaves
+    threads idle and makes twice the blocks, too many to stay resident (:data:`TILE_MINB`
+    an SM) beside the level before them, which is where they stage their weights early
+    (H200, graph mode, 16-wide groups: 8-row tiles made dag-bench M 8% slower, S 6%)."""
+    min_rows = min(TILE_ROWS, max(TILE_MIN_ROWS, TILE_THREADS // max(1, max_width)))
+    tr = TILE_ROWS
+    while tr // 2 >= min_rows and nodes * math.ceil(batch / tr) < fill:
+        tr //= 2
+    return tr
 
 
 def reader_levels(inp: TableInputs) -> np.ndarray:
@@ -1076,18 +1092,8 @@ class CudaBackend(Backend):
         # before it finished, and so on back. The other launches start as usual.
         early = self._early
 
-        # No tile shorter than a block has row groups for the widest group (16 rows for
-        # 16-wide groups): a shorter one leaves threads idle and makes twice the blocks,
-        # too many to be resident (TILE_MINB an SM) beside the level before them, which is
-        # where they stage their weights early. (H200, graph mode, 16-wide groups: 8-row
-        # tiles made dag-bench M 8% slower, S 6%; 64-wide groups keep 8.)
-        min_rows = min(TILE_ROWS, max(TILE_MIN_ROWS, TILE_THREADS // max(1, t.max_width)))
-
-        def rows(blocks: int) -> int:  # tile rows where a tile of each of `blocks` fills
-            tr = TILE_ROWS
-            while tr > min_rows and blocks * math.ceil(batch / tr) < fill:
-                tr //= 2
-            return tr
+        def rows(nodes: int) -> int:
+            return tile_rows(batch, nodes, fill, t.max_width)
 
         wide = "_wide" if t.max_width >= TILE_WIDE_WIDTH else ""
 

@@ -245,3 +245,35 @@ def test_weight_gradient_runs_on_dagbench_s_branch_off_early() -> None:
                         np.searchsorted(t.tiles[:, 0], np.arange(len(t.nodes) + 1)), WG_CHUNKS)
     early = sum(count for fork, _, count in runs if fork > 1)
     assert early > 0.8 * len(t.tiles), runs
+
+
+@given(batch=st.integers(1, 5000), nodes=st.integers(1, 3000), sms=st.integers(1, 200),
+       max_width=st.integers(1, 64))
+@settings(max_examples=300, deadline=None)
+def test_tile_rows_fill_the_gpu_without_idle_threads(batch: int, nodes: int, sms: int,
+                                                     max_width: int) -> None:
+    """The tiled level kernels' tile: a power of two within [TILE_MIN_ROWS, TILE_ROWS], no
+    shorter than a block has row groups for the widest group, and the longest such tile
+    whose level reaches ``fill`` blocks (else the shortest allowed)."""
+    from streamdag.backends.cuda import TILE_FILL, TILE_MIN_ROWS, TILE_ROWS, TILE_THREADS, tile_rows
+
+    fill = TILE_FILL * sms
+    tr = tile_rows(batch, nodes, fill, max_width)
+    floor = min(TILE_ROWS, max(TILE_MIN_ROWS, TILE_THREADS // max_width))
+    assert tr & (tr - 1) == 0 and floor <= tr <= TILE_ROWS
+
+    def blocks(rows: int) -> int:
+        return nodes * -(-batch // rows)
+
+    assert tr == TILE_ROWS or blocks(tr * 2) < fill  # no longer tile would have filled
+    assert tr // 2 < floor or blocks(tr) >= fill  # it stopped halving: the level fills
+
+
+def test_tile_rows_of_dagbench_m_levels() -> None:
+    """16-wide groups get 16-row tiles however small the level (8-row tiles idled half of
+    a block's threads); 64-wide ones still go down to 8 rows."""
+    from streamdag.backends.cuda import tile_rows
+
+    assert tile_rows(256, 15, 2 * 132, 16) == 16
+    assert tile_rows(256, 15, 2 * 132, 64) == 8
+    assert tile_rows(256, 600, 2 * 132, 16) == 32
