@@ -199,8 +199,9 @@ __device__ __forceinline__ void sd_stage_rows(int rows, int r_first, int step, i
       if (r0 + u * step < rows) store(r0 + u * step, c, v[u]);
   }
 }
-// Where this thread stages in a block of `cols` columns: its column, its first row (past any
-// block for a thread it has no column for) and the row step. Divisions by a runtime value are
+// Where this thread stages in a block of `cols` columns (1..SD_TILE_THREADS): its column, its
+// first row (SD_TILE_THREADS, past every block staged, which is at most that many rows, for a
+// thread it has no column for) and the row step. Divisions by a runtime value are
 // ~25 dependent instructions each, so a kernel makes the plans of what it stages after its
 // wait (sd_wait_previous) before it.
 struct StagePlan {
@@ -220,9 +221,11 @@ __device__ __forceinline__ void sd_stage(int rows, int cols, Load load, Store st
   sd_stage(rows, sd_plan(cols), load, store);
 }
 
-// Computes v here: volatile asm statements keep their order, and the value out of this one
-// is opaque, so a value pinned before sd_wait_previous is neither computed after it (on the
-// chain of levels) nor rematerialised there from the kernel's parameters.
+// Makes v here: volatile asm statements keep their order, and the value out of this one is
+// opaque, so the compiler front end neither computes a value pinned before sd_wait_previous
+// after it (on the chain of levels) nor rematerialises it there from the kernel's
+// parameters. (ptxas, which never sees the empty statement, may still schedule some of the
+// arithmetic after the wait; see docs/cuda-backend.md, eighth session.)
 __device__ __forceinline__ void sd_pin(long long& v) { asm volatile("" : "+l"(v)); }
 template <class T>
 __device__ __forceinline__ void sd_pin(T*& v) { asm volatile("" : "+l"(v)); }
