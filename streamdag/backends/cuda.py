@@ -64,9 +64,10 @@ A step is a handful of launches whose shape depends on ``mode``:
   for its forward and one for its backward (plus softmax, one weight-update task for all
   groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
   edge the transitive reduction keeps, launched one by one from Python. After a mutation
-  the plan is made again, but the surviving groups' tasks and their bound launches are kept
-  (a task names its group through ``task_nodes``, not by table index; see
-  ``_launch_streams``). It is the baseline the other modes beat.
+  the surviving groups' tasks keep their streams and their bound launches, and only the new
+  tasks are placed (a task names its group through ``task_nodes``, not by table index; see
+  ``_launch_streams``); plan order and events are made again. It is the baseline the other
+  modes beat.
 * ``streams-graph``: the same task plan replayed as one CUDA graph (a kernel node per task,
   the plan's dependencies as edges; :class:`~streamdag.scheduler.CudaExecutor` in graph
   mode), instantiated again after a mutation.
@@ -1177,19 +1178,22 @@ class CudaBackend(Backend):
         """The literal design: one scheduler task per group and phase, on several streams
         with an event on every cross-stream edge (see :mod:`streamdag.scheduler`).
 
-        After a mutation batch the plan (streams and events) is made again for the new
-        task graph, but a group's tasks are the same objects as before (their arguments
-        name the group, not its table index), so the new executor takes over their checked
-        and packed launches, and the streams and events, from the old one: only new groups'
-        tasks, the few whose arguments hold a size (loss, update), and tasks naming a buffer
-        that moved are bound again."""
+        After a mutation batch a group's tasks are the same objects as before (their
+        arguments name the group, not its table index). The new plan keeps their streams
+        and places only the new tasks (``make_plan(previous=...)``; plan order and events
+        are made whole), and the new executor takes over their checked and packed
+        launches, and the streams and events, from the old one: only new groups' tasks,
+        the few whose arguments hold a size (loss, update), and tasks naming a buffer that
+        moved are bound again."""
         key = (self._structure, batch)
         if self._executor is None or self._executor_key != key:
             from ..scheduler import CudaExecutor, make_plan
 
+            old = self._executor
             plan = make_plan(self._step_task_graph(batch), streams=self._streams,
-                             policy="critical_path")
-            old, self._executor = self._executor, None  # a failed bind leaves none
+                             policy="critical_path",
+                             previous=old.plan if old is not None else None)
+            self._executor = None  # a failed bind leaves none
             self._executor = CudaExecutor(
                 plan, self._bufs, gpu=self.gpu, reuse=old,
                 mode="graph" if self.mode == "streams-graph" else "streams")

@@ -16,7 +16,9 @@ docs/scheduler.md):
    in order. ``critical_path``: list scheduling with unit (or given) costs; a launch goes to
    the stream that can start it first, preferring the stream whose tail is its latest-
    finishing predecessor, so chains along the critical path stay on one stream.
-   ``random``: seeded, for tests. All are deterministic for a given seed.
+   ``random``: seeded, for tests. All are deterministic for a given seed. A re-plan after
+   a change (``previous=``) keeps the streams of the tasks that stayed and places only the
+   new ones, on their latest predecessor's stream (tasks matched by spec identity).
 4. **Events, none redundant.** A vector clock per stream holds, for every other stream, the
    position of the last launch it is already ordered after. Walking launches in plan order,
    a cross-stream predecessor ``u`` of ``v`` needs a wait only if ``v``'s stream's clock
@@ -179,6 +181,7 @@ def make_plan(
     policy: Policy = "critical_path",
     fuse: bool = False,
     seed: int = 0,
+    previous: Plan | None = None,
 ) -> Plan:
     """Plan ``graph`` onto ``streams`` streams.
 
@@ -188,6 +191,15 @@ def make_plan(
         policy: ``"round_robin"`` (by level), ``"critical_path"`` or ``"random"``.
         fuse: merge independent tasks of the same level and fusion key into grouped launches.
         seed: seeds the ``random`` policy; plans are deterministic for a given seed.
+        previous: a plan of an earlier version of ``graph`` on as many streams, whose
+            tasks that stayed are the same :class:`TaskSpec` objects (the CUDA backend's
+            ``streams`` mode after a mutation batch). Only what changed is assigned a
+            stream: a launch whose first task was in ``previous`` stays on that task's
+            stream, and a new one goes on the stream of its latest predecessor in plan
+            order (a chain that grew keeps to one stream, with no event), or, with none,
+            round robin; ``policy`` places nothing then. Plan order and events are still
+            made for the whole graph (both follow from every edge). Ignored on another
+            number of streams.
 
     Raises:
         ConfigError: ``streams < 1`` or an unknown policy.
@@ -202,20 +214,24 @@ def make_plan(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _plan(graph, streams, policy, fuse, seed)
+        return _plan(graph, streams, policy, fuse, seed, previous)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int) -> Plan:
+def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int,
+          previous: Plan | None) -> Plan:
     # 1-2. plan order and launches: the same for every plan of an unchanged graph
     layout: _Layout = graph._cached(("layout", fuse), lambda: _layout(graph, fuse))
     tasks, preds, _, producer, consumer, ids, latest_first = layout
     m = len(preds)
 
-    # 3. stream assignment
-    stream_of = _assign(graph, layout, fuse, streams, policy, seed)
+    # 3. stream assignment: whole, or only the new launches' after a change
+    if previous is not None and previous.num_streams == streams:
+        stream_of = _keep_streams(graph, layout, previous, streams)
+    else:
+        stream_of = _assign(graph, layout, fuse, streams, policy, seed)
 
     # the narrowest dtype: numpy sorts 8- and 16-bit integers stably by radix
     stream_array = np.array(stream_of, dtype=np.min_scalar_type(streams - 1))
@@ -346,6 +362,40 @@ def _assign(graph: TaskGraph, layout: _Layout, fuse: bool, streams: int, policy:
         return out
     costs: _Costs = graph._cached(("costs", fuse), lambda: _costs(layout, graph.specs))
     return _critical_path(layout.preds, costs, streams)
+
+
+def _keep_streams(graph: TaskGraph, layout: _Layout, previous: Plan, streams: int
+                  ) -> list[int]:
+    """Stream assignment after a change (``make_plan(previous=...)``): a launch whose first
+    task's spec was planned in ``previous`` keeps that task's stream; a new launch takes its
+    latest predecessor's (preds are ascending: the last one was planned last), or, with no
+    predecessor, the next stream round robin. Specs are matched by identity, as arrays
+    (sorted ids, ``searchsorted``); only the new launches go through a Python loop."""
+    prev_lead = np.fromiter((lau.tasks[0] for lau in previous.launches), np.intp,
+                            len(previous.launches))
+    prev_stream = np.fromiter((lau.stream for lau in previous.launches), np.intp,
+                              len(previous.launches))
+    prev_ids = np.fromiter(map(id, previous.tasks), np.int64, len(previous.tasks))
+    task_stream = np.full(len(previous.tasks), -1, np.intp)
+    for lau in previous.launches if previous.fused else ():  # every member, not just leads
+        task_stream[list(lau.tasks)] = lau.stream
+    task_stream[prev_lead] = prev_stream
+    by_id = np.argsort(prev_ids)
+    sorted_ids = prev_ids[by_id]
+    lead_ids = np.fromiter((id(graph.specs[ts[0]]) for ts in layout.tasks), np.int64,
+                           len(layout.tasks))
+    at = np.minimum(np.searchsorted(sorted_ids, lead_ids), max(len(sorted_ids) - 1, 0))
+    found = sorted_ids[at] == lead_ids if len(sorted_ids) else np.zeros(len(lead_ids), bool)
+    out_array = np.where(found, task_stream[by_id[at]] if len(sorted_ids) else -1, -1)
+    out: list[int] = out_array.tolist()
+    deal = 0
+    for li in np.flatnonzero(out_array < 0).tolist():  # the new launches, in plan order
+        ps = layout.preds[li]
+        if ps:
+            out[li] = out[ps[-1]]
+        else:
+            out[li], deal = deal % streams, deal + 1
+    return out
 
 
 class _Costs(NamedTuple):

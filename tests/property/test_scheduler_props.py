@@ -81,8 +81,14 @@ def reach_sets(plan: Plan) -> tuple[list[int], list[list[int]]]:
 @settings(max_examples=150)
 @given(dag_params, st.integers(1, 8), st.sampled_from(POLICIES), st.booleans())
 def test_plan_orders_every_edge_with_no_redundant_event(params, streams, policy, fuse) -> None:
-    tg, n = random_dag(*params)
-    plan = make_plan(tg, streams=streams, policy=policy, fuse=fuse, seed=params[0])
+    tg, _ = random_dag(*params)
+    check_plan(tg, make_plan(tg, streams=streams, policy=policy, fuse=fuse, seed=params[0]))
+
+
+def check_plan(tg: TaskGraph, plan: Plan) -> None:
+    """Every task in one launch, every edge ordered, no redundant or unused event, fused
+    launches of one key (against the brute-force happens-before closure)."""
+    n = len(tg.specs)
     where = plan.task_launch()
     assert sorted(t for lau in plan.launches for t in lau.tasks) == list(range(n))
     reach, into = reach_sets(plan)
@@ -130,3 +136,49 @@ def test_sim_with_random_delays_equals_serial(params, streams, policy, fuse) -> 
     run_sim(plan, {"state": got}, max_delay_s=2e-4, seed=params[0])
     assert (want > 0).all()
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=100)
+@given(dag_params, st.integers(1, 8), st.sampled_from(POLICIES), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_a_replan_after_a_change_places_only_the_new_tasks(params, streams, policy, fuse,
+                                                           seed) -> None:
+    """make_plan(previous=...): the graph changed as a growth batch changes the CUDA
+    backend's step graph (tasks dropped with their edges, new tasks between kept ones,
+    the kept ones the same spec objects); the new plan is as valid as any, each kept task
+    that leads its launch stays on its stream, and a new launch with predecessors goes on
+    its latest one's."""
+    tg, _ = random_dag(*params)
+    first = make_plan(tg, streams=streams, policy=policy, fuse=fuse, seed=params[0])
+    rng = random.Random(seed)
+    order = tg.validate()
+    keep = [t for t in order if rng.random() < 0.9]
+    again = TaskGraph("changed")
+    index = {}
+    for t in keep:
+        again.add(tg.specs[t])
+        index[t] = len(index)
+    src = [index[u] for u, v in tg.edges() if u in index and v in index]
+    dst = [index[v] for u, v in tg.edges() if u in index and v in index]
+    for i in range(rng.randrange(0, 6)):  # new tasks, each between kept ones
+        at = rng.randrange(len(keep) + 1)
+        again.host(f"new{i}", step, Buf("state"), 0, (), 0, fuse_key=rng.choice([None, 0]))
+        new = len(again.specs) - 1
+        for u in rng.sample(keep[:at], min(at, rng.randrange(3))):
+            src.append(index[u])
+            dst.append(new)
+        for v in rng.sample(keep[at:], min(len(keep) - at, rng.randrange(3))):
+            src.append(new)
+            dst.append(index[v])
+    if src:
+        again.connect(src, dst)
+    second = make_plan(again, streams=streams, policy=policy, fuse=fuse, seed=params[0],
+                       previous=first)
+    check_plan(again, second)
+    was = {id(first.tasks[t]): lau.stream for lau in first.launches for t in lau.tasks}
+    for lau in second.launches:
+        lead = id(second.tasks[lau.tasks[0]])
+        if lead in was:
+            assert lau.stream == was[lead]
+        elif lau.preds:
+            assert lau.stream == second.launches[lau.preds[-1]].stream
