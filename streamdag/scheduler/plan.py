@@ -371,25 +371,21 @@ def _keep_streams(graph: TaskGraph, layout: _Layout, previous: Plan, streams: in
     latest predecessor's (preds are ascending: the last one was planned last), or, with no
     predecessor, the next stream round robin. Specs are matched by identity, as arrays
     (sorted ids, ``searchsorted``); only the new launches go through a Python loop."""
-    prev_lead = np.fromiter((lau.tasks[0] for lau in previous.launches), np.intp,
-                            len(previous.launches))
-    prev_stream = np.fromiter((lau.stream for lau in previous.launches), np.intp,
-                              len(previous.launches))
-    prev_ids = np.fromiter(map(id, previous.tasks), np.int64, len(previous.tasks))
-    task_stream = np.full(len(previous.tasks), -1, np.intp)
-    for lau in previous.launches if previous.fused else ():  # every member, not just leads
-        task_stream[list(lau.tasks)] = lau.stream
-    task_stream[prev_lead] = prev_stream
-    by_id = np.argsort(prev_ids)
-    sorted_ids = prev_ids[by_id]
-    lead_ids = np.fromiter((id(graph.specs[ts[0]]) for ts in layout.tasks), np.int64,
+    kept = np.full(len(layout.tasks), -1, np.intp)  # per launch: its lead's old stream
+    if previous.tasks:
+        launch_stream = np.fromiter((lau.stream for lau in previous.launches), np.intp,
+                                    len(previous.launches))
+        task_stream = launch_stream[previous.task_launch()]  # fused members too
+        ids = np.fromiter(map(id, previous.tasks), np.int64, len(previous.tasks))
+        by_id = np.argsort(ids)
+        sorted_ids = ids[by_id]
+        lead = np.fromiter((id(graph.specs[ts[0]]) for ts in layout.tasks), np.int64,
                            len(layout.tasks))
-    at = np.minimum(np.searchsorted(sorted_ids, lead_ids), max(len(sorted_ids) - 1, 0))
-    found = sorted_ids[at] == lead_ids if len(sorted_ids) else np.zeros(len(lead_ids), bool)
-    out_array = np.where(found, task_stream[by_id[at]] if len(sorted_ids) else -1, -1)
-    out: list[int] = out_array.tolist()
+        at = np.minimum(np.searchsorted(sorted_ids, lead), len(ids) - 1)
+        kept = np.where(sorted_ids[at] == lead, task_stream[by_id[at]], -1)
+    out: list[int] = kept.tolist()
     deal = 0
-    for li in np.flatnonzero(out_array < 0).tolist():  # the new launches, in plan order
+    for li in np.flatnonzero(kept < 0).tolist():  # the new launches, in plan order
         ps = layout.preds[li]
         if ps:
             out[li] = out[ps[-1]]
