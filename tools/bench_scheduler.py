@@ -6,6 +6,8 @@ every policy, fused or not; best of 5, gc as the library leaves it. A task graph
 planning derives from it alone (validation, launches, costs) until a task or dependency is
 added, so these are re-plans of an unchanged graph (each also frees the plan before it).
 "first plan": best of 3 first plans, each of a freshly built copy of the graph.
+After a change (``bench_change``): a training step's shape at 4,096 groups, re-planned
+after each of 6 batches of 8 depth duplications from the plan before, against a whole plan.
 
 GPU (``--gpu``): DAGs of empty kernels, ``chain`` (n tasks in a line) and ``wide`` (levels
 of 64 tasks, each depending on 2 random tasks of the previous level), n = 1,024 and
@@ -93,6 +95,56 @@ def bench_planning() -> list[dict[str, Any]]:
     return rows
 
 
+def step_graph(fwd: list[tuple[int, int]], specs: dict[str, Any], tag: str) -> TaskGraph:
+    """A training step's shape: forward tasks on the edges ``fwd``, the backward mirrored,
+    an update after every backward task. Tasks named in ``specs`` reuse that spec (as the
+    CUDA backend's ``streams`` mode rebuilds its step graph after a mutation batch)."""
+    f = 1 + max(max(e) for e in fwd)
+    tg = TaskGraph(tag)
+    for name in [f"f{i}" for i in range(f)] + [f"b{i}" for i in range(f)] + ["update"]:
+        kept = specs.get(name)
+        if kept is not None and name != "update":
+            tg.add(kept, checked=True)
+        else:
+            tg.host(name, _noop, f)  # the update's arguments hold a size: a new spec
+        specs[name] = tg.specs[-1]
+    edges = fwd + [(f + v, f + u) for u, v in fwd] + [(f + v, 2 * f) for v in range(f)]
+    src, dst = zip(*edges, strict=True)
+    tg.connect(src, dst)
+    return tg
+
+
+def bench_change(groups: int = 4096, batches: int = 6) -> list[dict[str, Any]]:
+    """Re-plan after a change: a step graph of ``groups`` forward tasks (2 predecessors
+    among the previous 64) planned on 4 streams (critical_path), then ``batches`` batches
+    of 8 depth duplications (a new forward task after a random one, taking over its
+    out-edges, and its backward task; the update replaced), each re-planned from the plan
+    before (``previous=``) and, for comparison, planned whole."""
+    rng = random.Random(1)
+    fwd = [(rng.randrange(max(0, v - 64), v), v) for v in range(1, groups) for _ in range(2)]
+    specs: dict[str, Any] = {}
+    plan = make_plan(step_graph(fwd, specs, "step-0"), streams=4, policy="critical_path")
+    rows = []
+    for b in range(1, batches + 1):
+        f = 1 + max(max(e) for e in fwd)
+        for i in range(8):
+            g, new = rng.randrange(f - 1), f + i
+            fwd = [(new if u == g else u, v) for u, v in fwd] + [(g, new)]
+        t0 = time.perf_counter()
+        tg = step_graph(fwd, specs, f"step-{b}")
+        t1 = time.perf_counter()
+        plan = make_plan(tg, streams=4, policy="critical_path", previous=plan)
+        t2 = time.perf_counter()
+        whole = make_plan(tg, streams=4, policy="critical_path")
+        t3 = time.perf_counter()
+        rows.append({"batch": b, "tasks": len(tg), "graph_ms": round((t1 - t0) * 1e3, 1),
+                     "replan_ms": round((t2 - t1) * 1e3, 1),
+                     "whole_ms": round((t3 - t2) * 1e3, 1),
+                     "replan_waits": sum(len(lau.waits) for lau in plan.launches),
+                     "whole_waits": sum(len(lau.waits) for lau in whole.launches)})
+    return rows
+
+
 def bench_gpu() -> dict[str, Any]:
     from streamdag import driver, kernels
     from streamdag.scheduler import CudaExecutor
@@ -158,13 +210,19 @@ def bench_gpu() -> dict[str, Any]:
     return out
 
 
-def markdown(planning: list[dict[str, Any]], gpu: dict[str, Any] | None) -> str:
+def markdown(planning: list[dict[str, Any]], change: list[dict[str, Any]],
+             gpu: dict[str, Any] | None) -> str:
     lines = [f"Measured {datetime.date.today()} on {platform.node()} "
              f"({platform.processor() or platform.machine()}), Python {platform.python_version()}.",
              "", "| DAG (16,384 tasks) | policy | fused | re-plan ms (unchanged graph) "
              "| first plan ms | launches | events |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dag']} ({r['edges']} edges) | {r['policy']} | {r['fuse']} | {r['plan_ms']} "
               f"| {r['first_plan_ms']} | {r['launches']} | {r['events']} |" for r in planning]
+    lines += ["", "After a change (step graph, 8 depth duplications a batch, 4 streams):", "",
+              "| batch | tasks | graph rebuilt ms | re-plan ms | whole plan ms | re-plan waits "
+              "| whole plan waits |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['tasks']} | {r['graph_ms']} | {r['replan_ms']} "
+              f"| {r['whole_ms']} | {r['replan_waits']} | {r['whole_waits']} |" for r in change]
     if gpu:
         lines += ["", f"GPU: {gpu['gpu']} ({gpu['arch']}). Floors: one empty launch "
                   f"{gpu['floor_launch_us']} µs; one-node graph replay "
@@ -184,13 +242,15 @@ def main() -> None:
     ap.add_argument("--md", help="write markdown tables here")
     args = ap.parse_args()
     planning = bench_planning()
-    for r in planning:
+    change = bench_change()
+    for r in planning + change:
         print(r, flush=True)
     gpu = bench_gpu() if args.gpu else None
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"planning": planning, "gpu": gpu, "numpy": np.__version__}, f, indent=1)
-    md = markdown(planning, gpu)
+            json.dump({"planning": planning, "change": change, "gpu": gpu,
+                       "numpy": np.__version__}, f, indent=1)
+    md = markdown(planning, change, gpu)
     print(md)
     if args.md:
         with open(args.md, "w") as f:

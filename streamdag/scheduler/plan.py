@@ -16,9 +16,7 @@ docs/scheduler.md):
    in order. ``critical_path``: list scheduling with unit (or given) costs; a launch goes to
    the stream that can start it first, preferring the stream whose tail is its latest-
    finishing predecessor, so chains along the critical path stay on one stream.
-   ``random``: seeded, for tests. All are deterministic for a given seed. A re-plan after
-   a change (``previous=``) keeps the streams of the tasks that stayed and places only the
-   new ones, on their latest predecessor's stream (tasks matched by spec identity).
+   ``random``: seeded, for tests. All are deterministic for a given seed.
 4. **Events, none redundant.** A vector clock per stream holds, for every other stream, the
    position of the last launch it is already ordered after. Walking launches in plan order,
    a cross-stream predecessor ``u`` of ``v`` needs a wait only if ``v``'s stream's clock
@@ -34,17 +32,30 @@ unchanged graph, with other streams or another policy, starts at step 3. Edge li
 fusion and round-robin dealing are array work (numpy); the walks in which each step depends
 on the ones before (Kahn, list scheduling, the clocks) are Python loops of a few operations
 per edge.
+
+**Re-planning a change** (``previous=``: the CUDA backend's ``streams`` mode after a
+mutation batch; tasks that stayed are the same spec objects, or specs of the same name).
+Unfused, :func:`_replan` decides only what changed: the kept launches keep their order,
+streams, events and waits; a new task goes right after its latest predecessor and on its
+stream; the old clocks, renumbered, are checked against every edge at once (array work),
+and only the edges they do not cover get a wait. Waits that a whole plan would find implied
+may stay (up to ``REPLAN_WAITS`` times the last whole plan's), and a change against the old
+order (an edge that would run backwards) is planned whole, keeping the streams of the tasks
+that stayed. What is linear in the graph there is bookkeeping: edge arrays, renumbering,
+and the :class:`Launch` records themselves (8,209 tasks: ~11 ms on the development VM, a
+whole plan ~19).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heapreplace
-from itertools import repeat
-from typing import Literal, NamedTuple
+from itertools import chain, repeat
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -124,6 +135,9 @@ class Plan:
     policy: str
     seed: int
     fused: bool
+    # what a re-plan reads (see _memo): each launch's clock after its waits as _events made
+    # them (packed ints, field width), or the arrays a re-plan made
+    memo: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def num_streams(self) -> int:
@@ -192,14 +206,15 @@ def make_plan(
         fuse: merge independent tasks of the same level and fusion key into grouped launches.
         seed: seeds the ``random`` policy; plans are deterministic for a given seed.
         previous: a plan of an earlier version of ``graph`` on as many streams, whose
-            tasks that stayed are the same :class:`TaskSpec` objects (the CUDA backend's
-            ``streams`` mode after a mutation batch). Only what changed is assigned a
-            stream: a launch whose first task was in ``previous`` stays on that task's
-            stream, and a new one goes on the stream of its latest predecessor in plan
-            order (a chain that grew keeps to one stream, with no event), or, with none,
-            round robin; ``policy`` places nothing then. Plan order and events are still
-            made for the whole graph (both follow from every edge). Ignored on another
-            number of streams.
+            tasks that stayed are the same :class:`TaskSpec` objects or specs of the same
+            name (the CUDA backend's ``streams`` mode after a mutation batch). Only what
+            changed is planned (see "Re-planning a change" above): kept tasks keep their
+            order, stream and waits; a new one goes right after its latest predecessor,
+            on its stream (a chain that grew keeps to one stream, with no event), or, with
+            none, first and round robin; only edges the old plan does not already order
+            get a wait. ``policy`` places nothing then. Fused, or for a change against
+            the old order, the order and events are made whole and only the streams kept.
+            Ignored on another number of streams.
 
     Raises:
         ConfigError: ``streams < 1`` or an unknown policy.
@@ -214,6 +229,12 @@ def make_plan(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if previous is None or previous.num_streams != streams or not previous.launches:
+            return _plan(graph, streams, policy, fuse, seed, None)
+        if not (fuse or previous.fused):
+            plan = _replan(graph, previous)
+            if plan is not None:
+                return plan
         return _plan(graph, streams, policy, fuse, seed, previous)
     finally:
         if was_enabled:
@@ -228,7 +249,7 @@ def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int,
     m = len(preds)
 
     # 3. stream assignment: whole, or only the new launches' after a change
-    if previous is not None and previous.num_streams == streams:
+    if previous is not None:
         stream_of = _keep_streams(graph, layout, previous, streams)
     else:
         stream_of = _assign(graph, layout, fuse, streams, policy, seed)
@@ -237,31 +258,52 @@ def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int,
     stream_array = np.array(stream_of, dtype=np.min_scalar_type(streams - 1))
 
     # 4. events by vector clocks; none where every edge stays on its stream
+    clocks: tuple[list[int], int] | np.ndarray
     if (stream_array[producer] != stream_array[consumer]).any():
-        waits, record, recorded = _events(latest_first, stream_of, streams)
-    else:
-        waits, record, recorded = [()] * m, [-1] * m, []
+        waits, record, recorded, clocks = _events(latest_first, stream_of, streams)
+    else:  # no launch knows of another stream
+        waits, record, recorded, clocks = [()] * m, [-1] * m, [], np.zeros((m, streams), np.intp)
 
-    # a stable sort by stream keeps plan order within each stream
+    by_stream, per_stream, position = _positions(stream_array, streams)
+    return _assemble(graph, (ids, tasks, stream_of, position.tolist(), preds, waits, record),
+                     recorded, by_stream, per_stream, policy=policy, seed=seed, fused=fuse,
+                     memo=clocks)
+
+
+def _positions(stream_array: np.ndarray, streams: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(launches by stream, launches per stream, each launch's position on its stream): a
+    stable sort by stream keeps plan order within each stream."""
     by_stream = np.argsort(stream_array, kind="stable")
     per_stream = np.bincount(stream_array, minlength=streams)
-    position = np.empty(m, np.intp)
-    position[by_stream] = np.arange(m) - np.repeat(np.cumsum(per_stream) - per_stream, per_stream)
+    position = np.empty(len(stream_array), np.intp)
+    position[by_stream] = np.arange(len(stream_array)) - np.repeat(
+        np.cumsum(per_stream) - per_stream, per_stream)
+    return by_stream, per_stream, position
+
+
+def _assemble(graph: TaskGraph, fields: tuple[Sequence[Any], ...], event_launch: list[int],
+              by_stream: np.ndarray, per_stream: np.ndarray, *, policy: str, seed: int,
+              fused: bool, memo: Any) -> Plan:
+    """The plan of ``graph``: launches from their ``fields`` (per launch, in
+    :class:`Launch`'s order), event ``i`` recorded after launch ``event_launch[i]``."""
     # tuple.__new__(cls, fields) is what NamedTuple._make does, less its length check
-    launches = tuple(map(tuple.__new__, repeat(Launch), zip(
-        ids, tasks, stream_of, position.tolist(), preds, waits, record, strict=True)))
+    launches = tuple(map(tuple.__new__, repeat(Launch), zip(*fields, strict=True)))
+    stream_of = fields[2]
     events = tuple(map(tuple.__new__, repeat(EventSpec), zip(
-        map(record.__getitem__, recorded), recorded, map(stream_of.__getitem__, recorded),
+        range(len(event_launch)), event_launch, map(stream_of.__getitem__, event_launch),
         strict=True)))
     return Plan(
         name=graph.name,
         tasks=tuple(graph.specs),
         launches=launches,
-        streams=tuple(map(StreamSpec, range(streams), _split(by_stream.tolist(), per_stream))),
+        streams=tuple(map(StreamSpec, range(len(per_stream)),
+                          _split(by_stream.tolist(), per_stream))),
         events=events,
         policy=policy,
         seed=seed,
-        fused=fuse,
+        fused=fused,
+        memo=memo,
     )
 
 
@@ -364,25 +406,46 @@ def _assign(graph: TaskGraph, layout: _Layout, fuse: bool, streams: int, policy:
     return _critical_path(layout.preds, costs, streams)
 
 
+def _match(previous: Plan, specs: Sequence[TaskSpec]) -> np.ndarray:
+    """For each of ``specs``, the index of the very same spec object among ``previous``'s
+    tasks, or -1 (as arrays: sorted ids and ``searchsorted``, no per-task dict)."""
+    if not previous.tasks:
+        return np.full(len(specs), -1, np.intp)
+    ids = np.fromiter(map(id, previous.tasks), np.int64, len(previous.tasks))
+    by_id = np.argsort(ids)
+    sorted_ids = ids[by_id]
+    ours = np.fromiter(map(id, specs), np.int64, len(specs))
+    at = np.minimum(np.searchsorted(sorted_ids, ours), len(ids) - 1)
+    out: np.ndarray = np.where(sorted_ids[at] == ours, by_id[at], -1)
+    return out
+
+
+def _match_names(previous: Plan, specs: Sequence[TaskSpec], old_task: np.ndarray) -> None:
+    """:func:`_match`'s result, in place, plus the specs that replace a task of
+    ``previous`` of the same name (a new spec for new arguments, e.g. a size)."""
+    unmatched = np.flatnonzero(old_task < 0).tolist()
+    if unmatched:
+        gone = np.ones(len(previous.tasks), bool)
+        gone[old_task[old_task >= 0]] = False
+        names = {previous.tasks[t].name: t for t in np.flatnonzero(gone).tolist()}
+        for t in unmatched:
+            old_task[t] = names.get(specs[t].name, -1)
+
+
 def _keep_streams(graph: TaskGraph, layout: _Layout, previous: Plan, streams: int
                   ) -> list[int]:
-    """Stream assignment after a change (``make_plan(previous=...)``): a launch whose first
-    task's spec was planned in ``previous`` keeps that task's stream; a new launch takes its
-    latest predecessor's (preds are ascending: the last one was planned last), or, with no
-    predecessor, the next stream round robin. Specs are matched by identity, as arrays
-    (sorted ids, ``searchsorted``); only the new launches go through a Python loop."""
-    kept = np.full(len(layout.tasks), -1, np.intp)  # per launch: its lead's old stream
-    if previous.tasks:
-        launch_stream = np.fromiter((lau.stream for lau in previous.launches), np.intp,
-                                    len(previous.launches))
-        task_stream = launch_stream[previous.task_launch()]  # fused members too
-        ids = np.fromiter(map(id, previous.tasks), np.int64, len(previous.tasks))
-        by_id = np.argsort(ids)
-        sorted_ids = ids[by_id]
-        lead = np.fromiter((id(graph.specs[ts[0]]) for ts in layout.tasks), np.int64,
-                           len(layout.tasks))
-        at = np.minimum(np.searchsorted(sorted_ids, lead), len(ids) - 1)
-        kept = np.where(sorted_ids[at] == lead, task_stream[by_id[at]], -1)
+    """Stream assignment after a change that :func:`_replan` could not place: a launch
+    whose first task's spec (or one of its name) was planned in ``previous`` keeps that
+    task's stream; a new launch takes its latest predecessor's (preds are ascending: the
+    last one was planned last), or, with no predecessor, the next stream round robin. Only
+    the new launches go through a Python loop."""
+    launch_stream = np.fromiter((lau.stream for lau in previous.launches), np.intp,
+                                len(previous.launches))
+    task_stream = launch_stream[previous.task_launch()]  # fused members too
+    leads = [graph.specs[ts[0]] for ts in layout.tasks]
+    was = _match(previous, leads)
+    _match_names(previous, leads, was)
+    kept = np.where(was >= 0, task_stream[was], -1)
     out: list[int] = kept.tolist()
     deal = 0
     for li in np.flatnonzero(kept < 0).tolist():  # the new launches, in plan order
@@ -392,6 +455,280 @@ def _keep_streams(graph: TaskGraph, layout: _Layout, previous: Plan, streams: in
         else:
             out[li], deal = deal % streams, deal + 1
     return out
+
+
+#: A re-plan keeps waits that a whole plan might find implied; once they pass this many
+#: times the last whole plan's (plus 16), the graph is planned whole again.
+REPLAN_WAITS = 1.25
+_KEY = 1 << 20  # order keys of a re-plan: a kept launch's old id times this, new ones between
+
+
+class _Memo(NamedTuple):
+    """A plan as arrays, per launch: what a re-plan reads of the plan before it."""
+
+    task: np.ndarray  # its (first) task
+    stream: np.ndarray
+    record: np.ndarray  # its event, or -1
+    waits: np.ndarray  # its waits (tuples, an object array)
+    clocks: np.ndarray  # (launches, streams): its clock after its waits, 1 + launch ids
+    base: int  # the waits of the last whole plan these re-plans started from
+
+
+def _memo(plan: Plan) -> _Memo:
+    """``plan``'s :class:`_Memo`: kept by a re-plan, made here from a whole plan."""
+    if isinstance(plan.memo, _Memo):
+        return plan.memo
+    launches, m, s = plan.launches, len(plan.launches), plan.num_streams
+    if isinstance(plan.memo, np.ndarray):
+        clocks = plan.memo
+    else:  # cut the packed clocks apart: their fields are whole bytes
+        snap, width = plan.memo
+        nbytes = width // 8
+        raw = b"".join(c.to_bytes(s * nbytes, "little") for c in snap)
+        clocks = np.frombuffer(raw, f"<u{nbytes}").reshape(m, s).astype(np.intp)
+    waits = np.fromiter((lau.waits for lau in launches), object, m)
+    return _Memo(np.fromiter((lau.tasks[0] for lau in launches), np.intp, m),
+                 np.fromiter((lau.stream for lau in launches), np.intp, m),
+                 np.fromiter((lau.record for lau in launches), np.intp, m),
+                 waits, clocks, sum(map(len, waits)))
+
+
+def _replan(graph: TaskGraph, previous: Plan, max_waits: float = REPLAN_WAITS
+            ) -> Plan | None:
+    """``make_plan(previous=...)`` for an unfused plan: what changed is placed, the rest
+    kept; or None where the change does not fit the old plan (the caller plans whole).
+
+    A task whose spec is another of the same name (new arguments) counts as kept.
+
+    - **Order.** The kept tasks keep their order; a new task goes right after its latest
+      predecessor (new tasks taken in a topological order of their own edges), or first
+      with none. If an edge then runs backwards (a new edge against the old order) this
+      gives up.
+    - **Streams.** A kept task keeps its stream; a new one takes its latest predecessor's,
+      or with none the next stream round robin.
+    - **Events.** Every wait of a kept launch stays, so what the old plan ordered stays
+      ordered. A removed launch hands its waits on to the next kept launch on its stream,
+      and a wait on its event becomes a wait on those waits' events and on one recorded
+      after the kept launch before it on its stream (everything it was ordered after). The
+      old clocks, renumbered, then still hold for the kept launches (they may know less than
+      is true, never more), so every edge is checked against them at once (array work) and
+      only the edges they do not cover are walked as :func:`_events` walks them. Waits that
+      a whole plan would find implied may stay, up to ``max_waits`` times the last whole
+      plan's (then this gives up).
+    """
+    n, m_old, streams = len(graph.specs), len(previous.launches), previous.num_streams
+    if graph._pending or not n:
+        return None
+    succ = graph._succ
+    out_degree = np.fromiter(map(len, succ), np.intp, n)
+    targets = np.fromiter(chain.from_iterable(succ), np.intp, int(out_degree.sum()))
+    sources = np.repeat(np.arange(n), out_degree)
+
+    # 1. order keys (kept: old id * _KEY) and streams, per task
+    memo = _memo(previous)
+    launch_of = np.empty(len(previous.tasks), np.intp)
+    launch_of[memo.task] = np.arange(m_old)
+    old_task = _match(previous, graph.specs)
+    _match_names(previous, graph.specs, old_task)
+    kept = old_task >= 0
+    was = np.where(kept, launch_of[old_task], -1)  # per task: its old launch, or -1
+    key: list[int] = (was * _KEY).tolist()
+    stream_of: list[int] = np.where(kept, memo.stream[was], -1).tolist()
+    new = np.flatnonzero(~kept).tolist()
+    if len(new) >= _KEY:
+        return None
+    if new and not _place_new(new, kept, sources, targets, key, stream_of, streams):
+        return None  # a cycle among the new tasks: the whole plan names it
+    order = np.argsort(np.asarray(key, np.int64), kind="stable")
+    pos = np.empty(n, np.intp)  # each task's launch
+    pos[order] = np.arange(n)
+    producer, consumer = pos[sources], pos[targets]
+    if (producer >= consumer).any():
+        return None
+
+    # 2. launches: ids are positions in the new order
+    m = n
+    stream_array = np.asarray(stream_of, np.intp)[order]
+    launch_stream: list[int] = stream_array.tolist()
+    edge = consumer.astype(np.int64) * m + producer
+    edge.sort()
+    consumer, producer = np.divmod(edge, m)
+    preds = _split(producer.tolist(), np.bincount(consumer, minlength=m))
+    by_stream, per_stream, position = _positions(stream_array, streams)
+    stream_start = np.cumsum(per_stream) - per_stream
+
+    # 3. events, first what the removed launches leave behind
+    new_of = np.full(m_old, -1, np.intp)  # per old launch: its new id, or -1 if removed
+    new_of[was[kept]] = pos[kept]
+    alive_old = np.flatnonzero(new_of >= 0)
+    record = np.full(m, -1, np.intp)  # per launch: its event (old ids, new ones appended)
+    record[new_of[alive_old]] = memo.record[alive_old]
+    event_stream: list[int] = memo.stream[[e.launch for e in previous.events]].tolist()
+    waits = np.empty(m, object)  # per launch: its waits (old event ids)
+    waits[:] = [()]
+    waits[new_of[alive_old]] = memo.waits[alive_old]
+    changed: dict[int, list[int]] = {}  # per launch whose waits change: the new ones
+
+    def event_after(li: int) -> int:
+        if record[li] < 0:
+            record[li] = len(event_stream)
+            event_stream.append(launch_stream[li])
+        return int(record[li])
+
+    kept_before = np.full(m_old, -1, np.intp)  # per old launch: the nearest kept one at or
+    subst: dict[int, list[int]] = {}  # before it on its stream; a removed launch's event ->
+    new_of_list: list[int] = new_of.tolist()  # the events that replace it
+    for spec in previous.streams:
+        ids = np.asarray(spec.launches, np.intp)
+        alive = new_of[ids] >= 0
+        at = np.maximum.accumulate(np.where(alive, np.arange(len(ids)), -1))
+        kept_before[ids] = np.where(at >= 0, new_of[ids[np.maximum(at, 0)]], -1)
+        if alive.all():
+            continue
+        carry: list[int] = []
+        last = -1
+        for x in spec.launches:
+            li = new_of_list[x]
+            if li >= 0:
+                if carry:  # handed on to the next kept launch
+                    changed[li], carry = carry + list(waits[li]), []
+                last = li
+                continue
+            carry = carry + list(memo.waits[x])
+            e = int(memo.record[x])
+            if e >= 0:
+                subst[e] = carry + ([event_after(last)] if last >= 0 else [])
+
+    def resolve(es: Iterable[int]) -> list[int]:  # events of removed launches replaced
+        out: list[int] = []
+        for e in es:
+            out += resolve(subst[e]) if e in subst else [e]  # earlier events: it ends
+        return out
+
+    if subst:
+        lengths = np.fromiter(map(len, waits), np.intp, m)
+        flat = np.fromiter(chain.from_iterable(waits), np.intp, int(lengths.sum()))
+        hit = np.zeros(len(event_stream), bool)
+        hit[list(subst)] = True
+        for li in _owners(lengths, hit[flat]):
+            changed.setdefault(li, list(waits[li]))
+    for li, es in changed.items():
+        changed[li] = resolve(es)
+
+    # the old clocks, renumbered (a field naming a removed launch names the kept one
+    # before it on its stream); new launches' are made below
+    clocks = np.zeros((m, streams), np.intp)
+    renumber = np.concatenate([[0], kept_before + 1])
+    clocks[new_of[alive_old]] = renumber[memo.clocks[alive_old]]
+    fresh = np.zeros(m, bool)
+    fresh[pos[~kept]] = True
+    p_stream = stream_array[producer]
+    uncovered = (p_stream != stream_array[consumer]) & (clocks[consumer, p_stream] <= producer)
+    walk = fresh.copy()
+    walk[consumer[uncovered]] = True
+    for v in np.flatnonzero(walk).tolist():
+        s = launch_stream[v]
+        if fresh[v] and position[v]:  # it knows what the launch before it on s knew
+            before = int(by_stream[stream_start[s] + position[v] - 1])
+            clocks[v] = clocks[before]
+            clocks[v, s] = before + 1
+        c = clocks[v]
+        for u in reversed(preds[v]):  # latest first, as _events
+            t = launch_stream[u]
+            if t == s or c[t] > u:
+                continue
+            np.maximum(c, clocks[u], out=c)
+            c[t] = u + 1
+            if v not in changed:
+                changed[v] = list(waits[v])
+            changed[v].append(event_after(u))
+
+    # 4. waits made final (no repeats, none on the waiter's own stream); events numbered
+    # anew without those of removed launches and those nobody waits on any more
+    for li, es in changed.items():
+        s = launch_stream[li]
+        waits[li] = tuple(e for e in dict.fromkeys(es) if event_stream[e] != s)
+    lengths = np.fromiter(map(len, waits), np.intp, m)
+    if lengths.sum() > max_waits * memo.base + 16:
+        return None  # past the bound on implied waits kept: plan whole again
+    flat = np.fromiter(chain.from_iterable(waits), np.intp, int(lengths.sum()))
+    used = np.zeros(len(event_stream), bool)
+    used[flat] = True
+    has = record >= 0
+    record[has] = np.where(used[record[has]], record[has], -1)
+    # ids stay where they can: an event past the new count takes the place of one gone
+    recorded = np.flatnonzero(record >= 0)  # launches, in plan order
+    k = len(recorded)
+    alive_e = np.zeros(len(event_stream), bool)
+    alive_e[record[recorded]] = True
+    holes = np.flatnonzero(~alive_e[:k])
+    movers = np.flatnonzero(alive_e[k:]) + k
+    if len(movers):
+        lookup = np.arange(len(event_stream))
+        lookup[movers] = holes
+        for li in _owners(lengths, lookup[flat] != flat):
+            waits[li] = tuple(lookup[list(waits[li])].tolist())
+        record[recorded] = lookup[record[recorded]]
+    by_event = np.empty(k, np.intp)
+    by_event[record[recorded]] = recorded
+    return _assemble(graph, (range(m), list(zip(order.tolist())), launch_stream,
+                             position.tolist(), preds, waits.tolist(), record.tolist()),
+                     by_event.tolist(), by_stream, per_stream, policy=previous.policy,
+                     seed=previous.seed, fused=False,
+                     memo=_Memo(order, stream_array, record, waits, clocks, memo.base))
+
+
+def _owners(lengths: np.ndarray, mask: np.ndarray) -> list[int]:
+    """The launches (ascending) that own an item of ``mask``, the items of per-launch
+    lists of ``lengths`` laid end to end."""
+    owner = np.zeros(len(lengths), bool)
+    owner[np.repeat(np.arange(len(lengths)), lengths)[mask]] = True
+    out: list[int] = np.flatnonzero(owner).tolist()
+    return out
+
+
+def _place_new(new: list[int], kept: np.ndarray, sources: np.ndarray, targets: np.ndarray,
+               key: list[int], stream_of: list[int], streams: int) -> bool:
+    """Order keys and streams of the new tasks, in place (see :func:`_replan`); False if
+    the new tasks' own edges have a cycle. The latest kept predecessor of each is found by
+    array work; only edges between new tasks go through Python."""
+    into_new = ~kept[targets]
+    src, dst = sources[into_new], targets[into_new]
+    keys = np.asarray(key, np.int64)
+    from_kept = kept[src]
+    best = np.full(len(key), -1, np.int64)  # per new task: its latest kept predecessor
+    if from_kept.any():
+        ks, kd = src[from_kept], dst[from_kept]
+        by = np.lexsort((keys[ks], kd))  # by task, then key: the last of a run is latest
+        last = np.flatnonzero(np.diff(kd[by], append=-1) != 0)
+        best[kd[by][last]] = ks[by][last]
+    latest: list[int] = best.tolist()
+    after: dict[int, list[int]] = {v: [] for v in new}
+    preds_new: dict[int, list[int]] = {v: [] for v in new}
+    for u, v in zip(src[~from_kept].tolist(), dst[~from_kept].tolist(), strict=True):
+        after[u].append(v)
+        preds_new[v].append(u)
+    waiting = {v: len(preds_new[v]) for v in new}
+    ready = [v for v in new if not waiting[v]]
+    deal = 0
+    # Kahn over the new tasks (the list grows while it is walked); the given-th key goes
+    # after every key given before it in its latest predecessor's slot
+    for given, v in enumerate(ready, start=1):
+        lp = latest[v]
+        for u in preds_new[v]:
+            if lp < 0 or key[u] > key[lp]:
+                lp = u
+        if lp >= 0:
+            key[v] = key[lp] - key[lp] % _KEY + given
+            stream_of[v] = stream_of[lp]
+        else:
+            key[v] = -_KEY + given
+            stream_of[v], deal = deal % streams, deal + 1
+        for w in after[v]:
+            waiting[w] -= 1
+            if not waiting[w]:
+                ready.append(w)
+    return len(ready) == len(new)
 
 
 class _Costs(NamedTuple):
@@ -483,19 +820,22 @@ def _critical_path(preds: list[tuple[int, ...]], costs: _Costs, streams: int) ->
 
 def _events(
     latest_first: list[tuple[int, ...]], stream_of: list[int], streams: int
-) -> tuple[list[tuple[int, ...]], list[int], list[int]]:
+) -> tuple[list[tuple[int, ...]], list[int], list[int], tuple[list[int], int]]:
     """Waits per launch, the event each launch records (or -1), the launch of each event,
-    from each launch's predecessors, latest first (a later wait can imply an earlier one).
+    from each launch's predecessors, latest first (a later wait can imply an earlier one);
+    and each launch's clock right after its waits with the field width (for a re-plan,
+    :func:`_clock_array`).
 
-    A clock is one int: for each stream ``t`` a field of ``width`` bits holding 1 + the
-    id of the last launch on ``t`` known to happen before (ids are in plan order, so on one
-    stream they order like positions), 0 for none; the top bit of each field is a guard,
+    A clock is one int: for each stream ``t`` a field of ``width`` bits (whole bytes, so
+    that _clock_array can cut them apart) holding 1 + the id of the last launch on ``t``
+    known to happen before (ids are in plan order, so on one stream they order like
+    positions), 0 for none; the top bit of each field is a guard,
     always 0 in a clock, that lets one subtraction compare every field at once. Clocks are
     immutable, so launches share them freely; a launch's field for its own stream is stale
     and stands for the launch itself.
     """
     m = len(latest_first)
-    width = m.bit_length() + 1
+    width = -(-(m.bit_length() + 1) // 8) * 8
     low = width - 1
     one_field = (1 << low) - 1
     field = [one_field << (width * t) for t in range(streams)]
@@ -532,4 +872,4 @@ def _events(
             waits[v] = w
             clock[s] = c
         snap[v] = c
-    return waits, record, recorded
+    return waits, record, recorded, (snap, width)
