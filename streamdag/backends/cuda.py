@@ -1179,12 +1179,12 @@ class CudaBackend(Backend):
         with an event on every cross-stream edge (see :mod:`streamdag.scheduler`).
 
         After a mutation batch a group's tasks are the same objects as before (their
-        arguments name the group, not its table index). The new plan keeps their streams
-        and places only the new tasks (``make_plan(previous=...)``; plan order and events
-        are made whole), and the new executor takes over their checked and packed
-        launches, and the streams and events, from the old one: only new groups' tasks,
-        the few whose arguments hold a size (loss, update), and tasks naming a buffer that
-        moved are bound again."""
+        arguments name the group, not its table index). The new plan keeps their order,
+        streams and waits and plans only the new tasks and the edges the old plan does not
+        order (``make_plan(previous=...)``), and the new executor takes over their checked
+        and packed launches, and the streams and events, from the old one: only new
+        groups' tasks, the few whose arguments hold a size that changed (softmax, update),
+        and tasks naming a buffer that moved are bound again."""
         key = (self._structure, batch)
         if self._executor is None or self._executor_key != key:
             from ..scheduler import CudaExecutor, make_plan
