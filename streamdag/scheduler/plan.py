@@ -824,18 +824,20 @@ def _events(
     """Waits per launch, the event each launch records (or -1), the launch of each event,
     from each launch's predecessors, latest first (a later wait can imply an earlier one);
     and each launch's clock right after its waits with the field width (for a re-plan,
-    :func:`_clock_array`).
+    :func:`_memo`).
 
-    A clock is one int: for each stream ``t`` a field of ``width`` bits (whole bytes, so
-    that _clock_array can cut them apart) holding 1 + the id of the last launch on ``t``
-    known to happen before (ids are in plan order, so on one stream they order like
-    positions), 0 for none; the top bit of each field is a guard,
-    always 0 in a clock, that lets one subtraction compare every field at once. Clocks are
+    A clock is one int: for each stream ``t`` a field of ``width`` bits (1, 2, 4 or 8
+    bytes, so that _memo can cut them apart as numpy integers) holding 1 + the id of the
+    last launch on ``t`` known to happen before (ids are in plan order, so on one stream
+    they order like positions), 0 for none; the top bit of each field is a guard, always 0
+    in a clock, that lets one subtraction compare every field at once. Clocks are
     immutable, so launches share them freely; a launch's field for its own stream is stale
     and stands for the launch itself.
     """
     m = len(latest_first)
-    width = -(-(m.bit_length() + 1) // 8) * 8
+    width = 8
+    while width <= m.bit_length():  # 1, 2, 4 or 8 whole bytes: a numpy integer each
+        width *= 2
     low = width - 1
     one_field = (1 << low) - 1
     field = [one_field << (width * t) for t in range(streams)]

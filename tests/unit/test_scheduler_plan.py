@@ -317,3 +317,46 @@ def test_replanning_after_a_change_sees_the_change() -> None:
         fresh = make_plan(build(True), streams=3, policy=policy, fuse=fuse)
         assert again.launches == fresh.launches and again.events == fresh.events
         assert len(again.tasks) == 5
+
+
+def ordered_edges(tg: TaskGraph, plan) -> bool:
+    """Every edge of ``tg`` happens-before in ``plan`` (stream order plus waits), by vector
+    clocks walked here independently of the planner: O(launches x streams)."""
+    s = plan.num_streams
+    last = [-1] * s  # per stream: its last launch so far
+    clock = np.zeros((len(plan.launches), s), np.int64)  # 1 + last launch known per stream
+    for lau in plan.launches:
+        c = clock[last[lau.stream]].copy() if last[lau.stream] >= 0 else np.zeros(s, np.int64)
+        for e in lau.waits:
+            u = plan.events[e].launch
+            np.maximum(c, clock[u], out=c)
+        c[lau.stream] = lau.id + 1
+        clock[lau.id] = c
+        last[lau.stream] = lau.id
+    where = plan.task_launch()
+    return all(clock[where[v], plan.launches[where[u]].stream] > where[u]
+               for u, v in tg.edges())
+
+
+@pytest.mark.parametrize("n", [100, 300, 40_000])
+def test_a_replan_reads_the_clocks_of_any_size_of_plan(n) -> None:
+    """A whole plan keeps its clocks packed (fields of 1, 2 or 4 bytes as the launch count
+    needs); the first re-plan after it unpacks them. Below and past 255 and 32,767 launches
+    the re-plan of a graph with one task more, and a few edges against stream order, still
+    orders every edge."""
+    rng = np.random.default_rng(n)
+    tg = TaskGraph(f"n{n}")
+    tasks = [tg.host(f"t{i}", copy_add, Buf("x"), Buf("x"), 0.0) for i in range(n)]
+    src = np.arange(1, n) - 1 - rng.integers(0, 30, n - 1).clip(max=np.arange(n - 1))
+    tg.connect(src, np.arange(1, n))
+    plan = make_plan(tg, streams=3, policy="random", seed=1)
+    assert plan.events and ordered_edges(tg, plan)
+    again = TaskGraph(f"n{n}+1")
+    for spec in tg.specs:
+        again.add(spec, checked=True)
+    new = again.host("new", copy_add, Buf("x"), Buf("x"), 0.0)
+    u, v = tasks[n // 3].index, tasks[2 * n // 3].index
+    again.connect([*src, u, new.index], [*np.arange(1, n), new.index, v])
+    replan = make_plan(again, streams=3, previous=plan)
+    assert replan.launches[replan.task_launch()[new.index]].preds  # placed after tasks[u]
+    assert ordered_edges(again, replan)
