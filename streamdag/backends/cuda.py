@@ -64,10 +64,10 @@ A step is a handful of launches whose shape depends on ``mode``:
   for its forward and one for its backward (plus softmax, one weight-update task for all
   groups, the loss), planned on ``streams`` CUDA streams with an event on every cross-stream
   edge the transitive reduction keeps, launched one by one from Python. After a mutation
-  the surviving groups' tasks keep their streams and their bound launches, and only the new
-  tasks are placed (a task names its group through ``task_nodes``, not by table index; see
-  ``_launch_streams``); plan order and events are made again. It is the baseline the other
-  modes beat.
+  the surviving groups' tasks keep their order, streams, waits and bound launches, and only
+  the new tasks and the edges the old plan does not order are planned (a task names its
+  group through ``task_nodes``, not by table index; see ``_launch_streams``). It is the
+  baseline the other modes beat.
 * ``streams-graph``: the same task plan replayed as one CUDA graph (a kernel node per task,
   the plan's dependencies as edges; :class:`~streamdag.scheduler.CudaExecutor` in graph
   mode), instantiated again after a mutation.
