@@ -1242,6 +1242,7 @@ class CudaBackend(Backend):
             node_task(f"fwd:{name}", "sd_forward", "colmap", int(keys[v]),
                       ("weight", "bias", "act"), fwd_grid)
         node_task("fwd:output", "sd_forward", "colmap", 1, ("weight", "bias", "act"), fwd_grid)
+
         def fixed_task(name: str, kernel: str, *args: Any, grid: int, block: int) -> int:
             old = held.get(name)  # kept while its arguments and grid stay
             if old is not None and old.args == args and old.shape.grid[0] == grid:

@@ -391,8 +391,8 @@ class TaskGraph:
             SchedulerError: a duplicate name, or a host task whose ``fn`` is not callable.
         """
         if checked:
-            pass
-        elif spec.kernel is not None:
+            return self._add(spec)
+        if spec.kernel is not None:
             spec.kernel.check_args(spec.args)
             if spec.shape is None:
                 raise SchedulerError(f"kernel task {spec.name!r} has no launch shape")

@@ -26,6 +26,7 @@ from streamdag.scheduler import (
     run_serial,
     run_sim,
 )
+from streamdag.scheduler.plan import _Memo
 
 
 def copy_add(dst: np.ndarray, src: np.ndarray, k: float) -> None:
@@ -341,9 +342,9 @@ def ordered_edges(tg: TaskGraph, plan) -> bool:
 @pytest.mark.parametrize("n", [100, 300, 40_000])
 def test_a_replan_reads_the_clocks_of_any_size_of_plan(n) -> None:
     """A whole plan keeps its clocks packed (fields of 1, 2 or 4 bytes as the launch count
-    needs); the first re-plan after it unpacks them. Below and past 255 and 32,767 launches
-    the re-plan of a graph with one task more, and a few edges against stream order, still
-    orders every edge."""
+    needs); the first re-plan after it unpacks them (_replan, not a whole plan again). Below
+    and past 255 and 32,767 launches, the re-plan of a graph with one task more, between
+    two tasks far apart, orders every edge."""
     rng = np.random.default_rng(n)
     tg = TaskGraph(f"n{n}")
     tasks = [tg.host(f"t{i}", copy_add, Buf("x"), Buf("x"), 0.0) for i in range(n)]
@@ -358,5 +359,6 @@ def test_a_replan_reads_the_clocks_of_any_size_of_plan(n) -> None:
     u, v = tasks[n // 3].index, tasks[2 * n // 3].index
     again.connect([*src, u, new.index], [*np.arange(1, n), new.index, v])
     replan = make_plan(again, streams=3, previous=plan)
+    assert isinstance(replan.memo, _Memo)  # planned as a change
     assert replan.launches[replan.task_launch()[new.index]].preds  # placed after tasks[u]
     assert ordered_edges(again, replan)
