@@ -114,6 +114,31 @@ def test_over_budget_contender_is_skipped_not_extrapolated() -> None:
     assert capped["status"] == "ok" and capped["steps"] == 5 and "note" in capped
 
 
+def test_a_slow_first_step_alone_does_not_skip_a_contender() -> None:
+    """A first step that builds something (streamdag's graph modes capture their CUDA graph
+    in it) may take past the budget's share; only two such steps skip a contender."""
+    work = build_workload(SMOKE)
+    serial = CONTENDERS["numpy-serial"]
+
+    def build_slow_first(*args, **kwargs):
+        runner = serial.build(*args, **kwargs)
+        plain, calls = runner.timed_step, []
+
+        def timed_step() -> float:
+            calls.append(1)
+            return plain() + (1e6 if len(calls) == 1 else 0.0)  # as if it took 1,000 s
+
+        runner.timed_step = timed_step
+        return runner
+
+    builds = Contender("builds", lambda device: None, build_slow_first)
+    rec = measure(builds, work, reference_loss(work, 3), Budget(time_s=60))
+    assert rec["status"] == "ok" and rec["steps"] == Budget().steps
+    slow = Contender("slow", lambda device: None, serial.build)
+    rec = measure(slow, work, reference_loss(work, 3), Budget(time_s=1e-4))
+    assert rec["status"] == "skipped" and "first two steps" in rec["reason"]
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 @pytest.mark.parametrize("kind", ["eager", "levels"])
 def test_torch_cpu_baselines_pass_the_gate(kind: str) -> None:
