@@ -136,7 +136,7 @@ class Plan:
     seed: int
     fused: bool
     # what a re-plan reads (see _memo): each launch's clock after its waits as _events made
-    # them (packed ints, field width), or the arrays a re-plan made
+    # them (packed ints, field width) in a whole plan, the arrays a re-plan made in one
     memo: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -258,11 +258,10 @@ def _plan(graph: TaskGraph, streams: int, policy: str, fuse: bool, seed: int,
     stream_array = np.array(stream_of, dtype=np.min_scalar_type(streams - 1))
 
     # 4. events by vector clocks; none where every edge stays on its stream
-    clocks: tuple[list[int], int] | np.ndarray
     if (stream_array[producer] != stream_array[consumer]).any():
         waits, record, recorded, clocks = _events(latest_first, stream_of, streams)
-    else:  # no launch knows of another stream
-        waits, record, recorded, clocks = [()] * m, [-1] * m, [], np.zeros((m, streams), np.intp)
+    else:  # no launch knows of another stream: every clock 0
+        waits, record, recorded, clocks = [()] * m, [-1] * m, [], ([0] * m, 8)
 
     by_stream, per_stream, position = _positions(stream_array, streams)
     return _assemble(graph, (ids, tasks, stream_of, position.tolist(), preds, waits, record),
@@ -479,13 +478,10 @@ def _memo(plan: Plan) -> _Memo:
     if isinstance(plan.memo, _Memo):
         return plan.memo
     launches, m, s = plan.launches, len(plan.launches), plan.num_streams
-    if isinstance(plan.memo, np.ndarray):
-        clocks = plan.memo
-    else:  # cut the packed clocks apart: their fields are whole bytes
-        snap, width = plan.memo
-        nbytes = width // 8
-        raw = b"".join(c.to_bytes(s * nbytes, "little") for c in snap)
-        clocks = np.frombuffer(raw, f"<u{nbytes}").reshape(m, s).astype(np.intp)
+    snap, width = plan.memo  # cut the packed clocks apart: their fields are whole bytes
+    nbytes = width // 8
+    raw = b"".join(c.to_bytes(s * nbytes, "little") for c in snap)
+    clocks = np.frombuffer(raw, f"<u{nbytes}").reshape(m, s).astype(np.intp)
     waits = np.fromiter((lau.waits for lau in launches), object, m)
     return _Memo(np.fromiter((lau.tasks[0] for lau in launches), np.intp, m),
                  np.fromiter((lau.stream for lau in launches), np.intp, m),
