@@ -7,8 +7,10 @@ For each batch of 8 duplications (``mutation_batch(graph, 1000 + r)``, as
 backend's catch-up (``on_mutation``: the replay and the tables built on the device), the
 first step after it, the depth repairs run in all that (with the seeds they started from;
 none when the tables go in the graph's flow order), whether the tables went level by level,
-and the device buffers allocated. Then the medians. The process keeps freed host memory, as the
-``streamdag`` command does. See docs/cuda-backend.md ("The cost of a mutation batch").
+and the device buffers allocated. Then the medians; in ``auto`` mode, then the steps until
+the network counts as settled, and the step that settles it (see ``settle``). The process
+keeps freed host memory, as the ``streamdag`` command does. See docs/cuda-backend.md ("The
+cost of a mutation batch").
 """
 
 from __future__ import annotations
@@ -80,6 +82,31 @@ def main(preset: str = "M", batches: int = 30, mode: str = "persistent") -> None
     med = np.median(np.array(rows), axis=0)
     print(f"median: total {med[0]:.2f} apply {med[1]:.2f} catch-up {med[2]:.2f} "
           f"step {med[3]:.2f} ms")
+    if mode == "auto":
+        settle(backend, g, p, work.x, work.y)
+
+
+def settle(backend: CudaBackend, g: NetworkGraph, p: Any, x: Any, y: Any) -> None:
+    """``auto`` mode after the last batch: the steps while it still counts as growing, the
+    step that ends that phase (its tables rebuilt, maybe level by level, and the mode chosen
+    again: a graph capture) and the steps after it, each timed from an idle device."""
+
+    def timed() -> float:
+        backend.synchronize()
+        t0 = time.perf_counter()
+        backend.step(g, p, x, y, lr=0.01)
+        backend.synchronize()
+        return 1e3 * (time.perf_counter() - t0)
+
+    growing = []
+    while backend.growing:  # the last of these is the step that settles
+        mode = backend.active_mode
+        growing.append(timed())
+    after = [timed() for _ in range(30)]
+    print(f"auto: {len(growing) - 1} more steps growing ({mode}, median "
+          f"{np.median(growing[:-1]):.3f} ms), the settling step {growing[-1]:.2f} ms, then "
+          f"{backend.active_mode} (median {np.median(after):.3f} ms; by level "
+          f"{backend._tables.by_level})")
 
 
 if __name__ == "__main__":

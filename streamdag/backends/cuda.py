@@ -25,16 +25,19 @@ State on the device (all through :mod:`streamdag.driver`):
 
 A step is a handful of launches whose shape depends on ``mode``:
 
-* ``auto`` (default): ``graph`` for networks whose levels hold 24 groups or more on average
-  or whose groups are 48 neurons wide or more on average, ``persistent`` otherwise (see
-  :func:`auto_mode`); chosen again whenever the tables are rebuilt (after a mutation batch).
-  On an H100 the persistent kernel, where every block reads every weight, lost to the level
-  kernels 1.4-2x on layered networks of 64-512 groups a level and 1.4-1.5x at widths 56-64,
-  and won 1.1-1.6x on deep networks of 16-32-wide groups (dag-bench S, M, L). Since the
-  level kernels' eighth-session changes they match it at M and L (H200: 1.79 against 1.83
-  ms, 7.01 against 6.99) and lose at S (0.534 against 0.490); ``auto`` keeps ``persistent``
-  there, whose growth batches cost less than half of a graph re-capture (4.7 against 11 ms
-  at M).
+* ``auto`` (default): ``graph`` or ``persistent``, chosen again whenever the tables are
+  rebuilt, by the network's shape and by whether it is growing (a mutation batch in the
+  last :data:`AUTO_QUIET_STEPS` steps; see :func:`auto_mode`). ``graph`` where the levels
+  hold 24 groups or more on average or the groups are 48 neurons wide or more on average,
+  where the persistent kernel, in which every block reads every weight, is 1.25-1.8x
+  slower. Elsewhere ``persistent`` while growing: a batch costs it no graph re-capture (at
+  M 4.7 ms a batch against 15.7 on an H100). Settled (the step that ends the growing phase
+  rebuilds the tables level by level where needed, and captures the graph: one cost of
+  about a batch's), ``graph`` also where it measured faster than ``persistent``: networks
+  of 4,096 groups or more at 14 or more a level (dag-bench M: 1.78 against 1.85 ms on an
+  H100), and of 1,024 or more narrower than 12 neurons on average (width 8 at M: 1.18
+  against 1.59 ms); ``persistent`` elsewhere (dag-bench S: 0.49 against 0.53 ms). A
+  network that never grew counts as settled.
 
 * ``persistent``: one launch runs forward, loss and pull backward of the whole DAG
   for a slice of batch rows per block — rows are independent until the weight gradient, so
@@ -131,6 +134,15 @@ TILE_MINB = 4       # SD_TILE_MINB: blocks per SM of sd_*_tiled; launches of mor
 TILE_WIDE_WIDTH = 32  # networks with a group this wide launch sd_*_tiled_wide instead
 AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mode runs
 AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode runs
+# auto mode: steps after a mutation batch that count as growing. The step that ends that
+# phase at M costs 17-27 ms (H100: tables level by level, a graph capture), and graph mode's
+# steps there save ~0.07 ms each: switching after about as many steps as pay for it costs at
+# most about twice what the best choice in hindsight would have (the ski-rental bound).
+AUTO_QUIET_STEPS = 256
+AUTO_SETTLED_GROUPS = 4096      # settled (see _auto_mode): graph mode from this many groups
+AUTO_SETTLED_LEVEL_GROUPS = 14  # ... at this many groups per level (mean) or more
+AUTO_NARROW = 12        # settled: graph mode for groups narrower than this (mean) ...
+AUTO_NARROW_GROUPS = 1024  # ... in networks of this many groups or more
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 WG_CHUNKS = 16      # graph mode: runs of levels the weight gradient is launched in (< 2: one
@@ -195,25 +207,33 @@ class DeviceStepResult:
         return self._stats
 
 
-def auto_mode(t: TableShape) -> str:
-    """What ``mode="auto"`` runs for tables of shape ``t`` (level by level): ``"graph"`` where
-    the levels hold :data:`AUTO_LEVEL_GROUPS` groups or more on average, or the groups are
-    :data:`AUTO_WIDTH` neurons wide or more on average; else ``"persistent"``.
+def auto_mode(t: TableShape, *, growing: bool = False) -> str:
+    """What ``mode="auto"`` runs for tables of shape ``t`` (level by level), while the network
+    is ``growing`` (a mutation batch in the last :data:`AUTO_QUIET_STEPS` steps) or settled.
 
-    Measured on an H100 (best of 3 × 20 steps, batch 256; persistent ÷ graph), since the
-    pull backward's successor lists (sixth session): 4,096 groups × 16 in layers of 128 / 64
-    / 32 / 16 groups: 1.83 / 1.73 / 1.25 / 0.87; dag-bench S (13 groups a level) at widths
-    16 / 24 / 32 / 40 / 48: 0.80 / 1.18 / 0.85 / 0.99 / 1.02; M (15 a level): 0.87, at width
-    32: 0.85; L: 0.88. (Width 24 is the rule's one miss seen: the persistent kernel is slow
-    there.) Before those lists graph mode was slower and the level threshold was 48.
-    Since the eighth session's level-kernel changes graph mode matches persistent at M and
-    L (H200, dag-bench: 1.79 / 1.83 ms and 7.01 / 6.99) and is faster at widths 4 and 8
-    (0.294 / 0.358, 0.357 / 0.431 ms at 1,024 groups); the rule is unchanged because a
-    batch of growth costs graph mode a re-capture (11.0 against 4.7 ms at M).
+    ``"graph"`` always where the levels hold :data:`AUTO_LEVEL_GROUPS` groups or more on
+    average, or the groups are :data:`AUTO_WIDTH` neurons wide or more on average: there the
+    persistent kernel, where every block reads every weight, is 1.25-1.8x slower. Otherwise
+    ``"persistent"`` while growing: a batch costs it no re-capture (at M 4.7 ms a batch
+    against 15.7 for graph mode). Settled, ``"graph"`` also for networks of
+    :data:`AUTO_SETTLED_GROUPS` groups or more at :data:`AUTO_SETTLED_LEVEL_GROUPS` or more
+    a level, and of :data:`AUTO_NARROW_GROUPS` or more narrower than :data:`AUTO_NARROW`
+    on average; else ``"persistent"``.
+
+    Measured on an H100 (2026-11-24, tenth session; best of 3 × 30 steps, batch 256;
+    persistent ÷ graph, > 1: graph faster), width 16 unless named: 4,096 groups at 15.2 a
+    level (dag-bench M) 1.04, at 8.2 / 4.5 / 2.7 a level 0.87 / 0.88 / 0.88; 16,384 at
+    15.4 (L) 1.01; 1,024 at 13.1 (S) 0.93, at 16 / 7.9 / 8.0 / 4.3 / 2.6 a level 0.97 /
+    0.84 / 0.88 / 0.82 / 0.83; 256 at 8.8 0.82; 48 at 2.1 (batch 64) 0.94; M at width 8
+    1.35, at width 24 1.26, at width 32 0.90. Before (eighth session, H200) graph mode was
+    faster at widths 4 and 8 at 1,024 groups too (0.294 / 0.358, 0.357 / 0.431 ms). Width
+    24, and means between widths, are the rule's known misses: persistent is slow at 24.
+    Before the sixth session's successor lists, layers of 128 / 64 / 32 / 16 groups at
+    4,096 × 16 measured 1.83 / 1.73 / 1.25 / 0.87, which set :data:`AUTO_LEVEL_GROUPS`.
     """
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")
-    return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width)
+    return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width, growing=growing)
 
 
 def tile_rows(batch: int, nodes: int, fill: float, max_width: int) -> int:
@@ -285,13 +305,21 @@ def wgrad_chunks(level_start: np.ndarray, reader: np.ndarray, tile_start: np.nda
     return sorted(found, key=lambda c: -c[0])
 
 
-def _auto_mode(groups: int, levels: int, mean_width: float) -> str:
+def _auto_mode(groups: int, levels: int, mean_width: float, *, growing: bool = False) -> str:
     """:func:`auto_mode` for ``groups`` groups of ``mean_width`` over ``levels`` levels
-    (those of the groups: the input's and the output's not counted)."""
+    (those of the groups: the input's and the output's not counted). More levels never
+    turn its answer from ``persistent`` to ``graph`` (a lower bound on them may stand in)."""
     if groups == 0:
         return "persistent"
-    return ("graph" if groups >= AUTO_LEVEL_GROUPS * max(levels, 1)
-            or mean_width >= AUTO_WIDTH else "persistent")
+    per_level = groups / max(levels, 1)
+    if per_level >= AUTO_LEVEL_GROUPS or mean_width >= AUTO_WIDTH:
+        return "graph"
+    if growing:
+        return "persistent"
+    if ((groups >= AUTO_SETTLED_GROUPS and per_level >= AUTO_SETTLED_LEVEL_GROUPS)
+            or (groups >= AUTO_NARROW_GROUPS and mean_width < AUTO_NARROW)):
+        return "graph"
+    return "persistent"
 
 
 class CudaBackend(Backend):
@@ -402,6 +430,7 @@ class CudaBackend(Backend):
         self._graph: NetworkGraph | None = None
         # the persistent step's launches (kernel, config, args) and what they were made for
         self._step_launches: tuple[Any, ...] | None = None
+        self._since_batch: int | None = None  # auto mode: steps since the last mutation batch
         self._device_newer = False   # the device holds values the host store has not seen
         self._wt_stale = True        # weight_t (W^T per node) must be rebuilt from weight
         # growth scores (ScoreTracker): decays while tracking; the group ids the EMA buffers
@@ -416,6 +445,10 @@ class CudaBackend(Backend):
         self, graph: NetworkGraph, params: ParamStore, x: np.ndarray, y: np.ndarray, *,
         lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
     ) -> DeviceStepResult:
+        if self._since_batch is not None:
+            self._since_batch += 1
+            if self._since_batch == AUTO_QUIET_STEPS and self.mode == "auto":
+                self._graph_n = ()  # settled: tables rebuilt, the mode chosen again
         batch = self._prepare(graph, params, x, y)
         self._set_hyper(lr, momentum, weight_decay)
         self._refresh_weight_t()
@@ -459,6 +492,7 @@ class CudaBackend(Backend):
         the next step) and rebuild the tables."""
         arrays: dict[str, np.ndarray] = {}
         n_ops = 0
+        self._since_batch = 0
         if self._params is params and self._layout is not None:
             arrays, n_ops = self._replay_ops(params, report.param_ops)
         try:  # the op records go up with the tables, in one copy
@@ -470,6 +504,12 @@ class CudaBackend(Backend):
             raise
         if n_ops:
             self._launch_replay(n_ops)
+
+    @property
+    def growing(self) -> bool:
+        """Whether a mutation batch came in the last :data:`AUTO_QUIET_STEPS` steps (what
+        ``auto`` mode chooses by, with the network's shape: :func:`auto_mode`)."""
+        return self._since_batch is not None and self._since_batch < AUTO_QUIET_STEPS
 
     def synchronize(self) -> None:
         """Wait until every step issued so far has finished on the device."""
@@ -556,7 +596,12 @@ class CudaBackend(Backend):
                     "group_ids")}})
             t, self._host_tables = h.shape, h
         else:
-            inp = TableInputs.build(graph, params, flow=self._flow_tables(graph))
+            flow = self._flow_tables(graph)
+            inp = TableInputs.build(graph, params, flow=flow)
+            if self.mode == "auto" and not flow:
+                # the flow order, taken now while the depths are fresh: batches keep it, so
+                # the growing phase's flow-order tables (see _flow_tables) need no depths
+                graph.flow_order()
             self._table_inputs = inp
             shape = self._build_tables(inp, also or {})
             if shape is None:  # a node without a slot: let the host name it
@@ -569,7 +614,8 @@ class CudaBackend(Backend):
         self._structure += 1
         self._tables = t
         if self.mode == "auto":
-            self.active_mode = auto_mode(t) if t.by_level else "persistent"
+            self.active_mode = (auto_mode(t, growing=self.growing) if t.by_level
+                                else "persistent")
         self._buf("grad_std", 4 * max(len(t.group_ids), 1))
         self._buf("act_mean", 4 * max(len(t.group_ids), 1))
         self._scattered = -1  # the input columns move with the row stride
@@ -596,7 +642,7 @@ class CudaBackend(Backend):
         cols = graph.id_columns(depths=False)
         widths = cols.width[cols.alive]
         mean = float(widths.mean()) if len(widths) else 0.0
-        return _auto_mode(len(widths), bound - 1, mean) == "persistent"
+        return _auto_mode(len(widths), bound - 1, mean, growing=self.growing) == "persistent"
 
     def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]
                       ) -> TableShape | None:

@@ -198,6 +198,29 @@ def test_auto_mode_follows_the_shape_through_a_batch_and_matches_the_reference()
     assert seen == ["graph"] * 3 + ["persistent"] * 2
 
 
+def test_auto_mode_runs_persistent_while_growing_and_graph_once_settled(monkeypatch) -> None:
+    # 40 groups 8 wide over 4 levels (10 a level): graph mode once settled, for narrow groups
+    # (AUTO_NARROW_GROUPS lowered to 32 here), persistent from a batch until 3 steps passed
+    # without another (AUTO_QUIET_STEPS lowered to 3); every step matches the reference
+    from streamdag.backends import cuda
+
+    monkeypatch.setattr(cuda, "AUTO_QUIET_STEPS", 3)
+    monkeypatch.setattr(cuda, "AUTO_NARROW_GROUPS", 32)
+    per = 10
+    graph = NetworkGraph.from_edges(
+        n_inputs=12, n_classes=4, widths=[8] * (4 * per),
+        preds=[[-1]] * per + [[i, i + 1 - per * (i % per == per - 1)]
+                              for i in range(3 * per)])
+    seen: list[tuple[str, bool, bool]] = []
+    run_both("auto", "pull", graph, seed=6, batch=64, steps=10, mutate_at=(1, 2),
+             mutations=[DuplicateWidth(0)], on_step=lambda b, step: seen.append(
+                 (b.active_mode, b.growing, b._tables.by_level)))
+    # a step's mode is chosen before it runs: the batches follow steps 1 and 2; step 5 is
+    # the third without a batch, and rebuilds the tables level by level to run graph mode
+    assert seen == ([("graph", False, True)] * 2 + [("persistent", True, False)] * 3
+                    + [("graph", False, True)] * 5)
+
+
 @pytest.mark.parametrize("kind", ["width", "depth"])
 def test_graph_mode_updates_its_graph_in_place_when_a_batch_adds_no_level(kind: str) -> None:
     # a chain of 4 groups: a width duplication keeps its 4 levels, so the next capture
