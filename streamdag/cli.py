@@ -80,7 +80,8 @@ def _add_train_parser(sub: Any) -> None:
                    help="auto uses cuda when a GPU is usable, else the numpy reference")
     p.add_argument("--cuda-mode", default="auto", choices=_cuda_modes(),
                    help="how the cuda backend runs a step: auto picks persistent or graph by "
-                        "the network's shape (see docs/cuda-backend.md)")
+                        "the network's shape and by whether it is growing (see "
+                        "docs/cuda-backend.md)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training set (default: {d.epochs}; with --resume, "
                         "the checkpoint's)")

@@ -264,7 +264,8 @@ CONTENDERS: dict[str, Contender] = {
         _streamdag_contender("streamdag-fused", "fused", "pull"),
         _streamdag_contender("streamdag-fused-push", "fused", "push"),
         _streamdag_contender("streamdag-persistent", "persistent", "pull"),
-        # the default: persistent or graph by the network's shape (CudaBackend's auto mode)
+        # the default: persistent or graph by the network's shape and by whether it grows
+        # (CudaBackend's auto mode; a step timed without mutations counts as settled)
         _streamdag_contender("streamdag-auto", "auto", "pull"),
     )
 }
