@@ -24,7 +24,7 @@ API, by concern:
   :func:`launch_config`, :func:`launch`, :func:`launcher`, :func:`device_pointer`
 - graphs: :func:`graph_definition`, :func:`graph_kernel_node`, :func:`instantiate`,
   :func:`graph_launch`, :func:`graph_update`; capture: :func:`begin_capture`,
-  :func:`end_capture`
+  :func:`capture_stream`, :func:`end_capture`
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "Gpu",
     "allow_shared_memory",
     "begin_capture",
+    "capture_stream",
     "compile_cubin",
     "device_pointer",
     "elapsed_ms",
@@ -428,6 +429,14 @@ def begin_capture(stream: Handle) -> Handle:
     return stream.create_graph_builder().begin_building()
 
 
+def capture_stream(builder: Handle) -> Handle:
+    """The stream a capture (:func:`begin_capture`) records into: another stream joins the
+    capture by waiting on an event recorded there, and must be joined back into it (it
+    records an event that this stream waits on) before :func:`end_capture`. Events recorded
+    in a capture order its work (they become edges), they are not recorded when it runs."""
+    return builder.stream
+
+
 def end_capture(builder: Handle, stream: Handle, *, into: Handle | None = None) -> Handle:
     """Finish a capture: an executable graph, uploaded to ``stream``'s device.
 
@@ -452,7 +461,8 @@ def end_capture(builder: Handle, stream: Handle, *, into: Handle | None = None) 
 
 
 def graph_update(exe: Handle, graph: Handle) -> None:
-    """Update ``exe`` in place from a definition of the same topology (new arguments).
+    """Update ``exe`` in place from a definition, or a finished capture (a builder after
+    ``end_building``), of the same topology (new arguments).
 
     Raises:
         BackendError: the topology differs, or the driver refused the update.
