@@ -31,13 +31,13 @@ A step is a handful of launches whose shape depends on ``mode``:
   hold 24 groups or more on average or the groups are 48 neurons wide or more on average,
   where the persistent kernel, in which every block reads every weight, is 1.25-1.8x
   slower. Elsewhere ``persistent`` while growing: a batch costs it no graph re-capture (at
-  M 4.7 ms a batch against 15.7 on an H100). Settled (the step that ends the growing phase
-  rebuilds the tables level by level where needed, and captures the graph: one cost of
-  about a batch's), ``graph`` also where it measured faster than ``persistent``: networks
-  of 4,096 groups or more at 14 or more a level (dag-bench M: 1.78 against 1.85 ms on an
-  H100), and of 1,024 or more narrower than 12 neurons on average (width 8 at M: 1.18
-  against 1.59 ms); ``persistent`` elsewhere (dag-bench S: 0.49 against 0.53 ms). A
-  network that never grew counts as settled.
+  M 4.7 ms a batch against 15.3 on an H100). Settled (the step that ends the growing phase
+  rebuilds the tables level by level where needed, and captures the graph: 17-27 ms at M,
+  once), ``graph`` also where it measured faster than ``persistent`` in networks of 1,024
+  groups or more: where fewer than half the groups are 16 or 32 wide (widths 8, 20, 24, 28:
+  1.25-1.35x), and where most are 16 wide in 4,096 or more at 14 or more a level (dag-bench
+  M: 1.78 against 1.85 ms); ``persistent`` elsewhere (dag-bench S: 0.49 against 0.53 ms;
+  width 32 at M: 4.30 against 4.76). A network that never grew counts as settled.
 
 * ``persistent``: one launch runs forward, loss and pull backward of the whole DAG
   for a slice of batch rows per block — rows are independent until the weight gradient, so
@@ -73,7 +73,8 @@ A step is a handful of launches whose shape depends on ``mode``:
   baseline the other modes beat.
 * ``streams-graph``: the same task plan replayed as one CUDA graph (a kernel node per task,
   the plan's dependencies as edges; :class:`~streamdag.scheduler.CudaExecutor` in graph
-  mode), instantiated again after a mutation.
+  mode, which captures the plan issued on its streams), captured and instantiated again
+  after a mutation (~0.2 s at M on an H100).
 
 Kernels and their reference functions are listed in ``kernels/network.cu``.
 
@@ -114,7 +115,7 @@ from ..graph import OUTPUT, NetworkGraph
 from ..mutation import MutationReport
 from ..params import ParamOp, ParamStore
 from .base import Backend, GroupStats
-from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape
+from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape, width_mix
 
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "auto_mode", "tile_rows",
            "unavailable_reason"]
@@ -139,10 +140,9 @@ AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode ru
 # steps there save ~0.07 ms each: switching after about as many steps as pay for it costs at
 # most about twice what the best choice in hindsight would have (the ski-rental bound).
 AUTO_QUIET_STEPS = 256
-AUTO_SETTLED_GROUPS = 4096      # settled (see _auto_mode): graph mode from this many groups
-AUTO_SETTLED_LEVEL_GROUPS = 14  # ... at this many groups per level (mean) or more
-AUTO_NARROW = 12        # settled: graph mode for groups narrower than this (mean) ...
-AUTO_NARROW_GROUPS = 1024  # ... in networks of this many groups or more
+AUTO_SETTLED_GROUPS = 1024  # settled (see auto_mode): graph mode possible from this many groups
+AUTO_M_GROUPS = 4096        # ... for 16-wide groups from this many groups
+AUTO_M_LEVEL_GROUPS = 14    # ... at this many groups per level (mean) or more
 TILE_THREADS = 256  # SD_TILE_THREADS
 SPLIT_COLS = 256    # input columns of one block of the output's split-K forward (× SD_TK)
 WG_CHUNKS = 16      # graph mode: runs of levels the weight gradient is launched in (< 2: one
@@ -215,25 +215,32 @@ def auto_mode(t: TableShape, *, growing: bool = False) -> str:
     average, or the groups are :data:`AUTO_WIDTH` neurons wide or more on average: there the
     persistent kernel, where every block reads every weight, is 1.25-1.8x slower. Otherwise
     ``"persistent"`` while growing: a batch costs it no re-capture (at M 4.7 ms a batch
-    against 15.7 for graph mode). Settled, ``"graph"`` also for networks of
-    :data:`AUTO_SETTLED_GROUPS` groups or more at :data:`AUTO_SETTLED_LEVEL_GROUPS` or more
-    a level, and of :data:`AUTO_NARROW_GROUPS` or more narrower than :data:`AUTO_NARROW`
-    on average; else ``"persistent"``.
+    against 15.3 for graph mode). Settled, in networks of :data:`AUTO_SETTLED_GROUPS` groups
+    or more, ``"graph"`` also where fewer than half the groups are 16 or 32 wide (the widths
+    the persistent kernel serves well), and where half or more are 16 wide at
+    :data:`AUTO_M_LEVEL_GROUPS` groups a level or more in :data:`AUTO_M_GROUPS` groups or
+    more; else ``"persistent"``.
 
     Measured on an H100 (2026-11-24, tenth session; best of 3 × 30 steps, batch 256;
-    persistent ÷ graph, > 1: graph faster), width 16 unless named: 4,096 groups at 15.2 a
-    level (dag-bench M) 1.04, at 8.2 / 4.5 / 2.7 a level 0.87 / 0.88 / 0.88; 16,384 at
-    15.4 (L) 1.01; 1,024 at 13.1 (S) 0.93, at 16 / 7.9 / 8.0 / 4.3 / 2.6 a level 0.97 /
-    0.84 / 0.88 / 0.82 / 0.83; 256 at 8.8 0.82; 48 at 2.1 (batch 64) 0.94; M at width 8
-    1.35, at width 24 1.26, at width 32 0.90. Before (eighth session, H200) graph mode was
-    faster at widths 4 and 8 at 1,024 groups too (0.294 / 0.358, 0.357 / 0.431 ms). Width
-    24, and means between widths, are the rule's known misses: persistent is slow at 24.
-    Before the sixth session's successor lists, layers of 128 / 64 / 32 / 16 groups at
-    4,096 × 16 measured 1.83 / 1.73 / 1.25 / 0.87, which set :data:`AUTO_LEVEL_GROUPS`.
+    persistent ÷ graph, > 1: graph faster; dag-bench DAGs, window 64 unless named):
+
+    - 4,096 groups (15.2 a level) at widths 8 / 12 / 16 / 20 / 24 / 28 / 32 / 40: 1.35 /
+      1.12 / 1.04 / 1.26 / 1.28 / 1.27 / 0.90 / 1.03;
+    - 1,024 groups (13.1 a level) at the same widths: 1.25 / 1.01 / 0.93 / 1.26 / 1.33 /
+      1.30 / 0.99 / 1.09; at width 4: 1.08 (the bench's sweep, 0.332 / 0.306 ms);
+    - width 16: 16,384 groups at 15.4 a level (L) 1.01; 4,096 at 8.2 / 4.5 / 2.7 a level
+      0.87 / 0.88 / 0.88; 1,024 at 16 / 7.9 / 8.0 / 4.3 / 2.6 a level 0.97 / 0.84 / 0.88 /
+      0.82 / 0.83; 256 at 8.8 0.82; 48 at 2.1 (batch 64) 0.94.
+
+    Untested: narrow or odd widths below 1,024 groups (persistent is kept there), and
+    networks that mix widths. Before the sixth session's successor lists, layers of 128 /
+    64 / 32 / 16 groups at 4,096 × 16 measured 1.83 / 1.73 / 1.25 / 0.87, which set
+    :data:`AUTO_LEVEL_GROUPS`.
     """
     if not t.by_level:
         raise ValueError("auto_mode needs tables built level by level")
-    return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width, growing=growing)
+    return _auto_mode(len(t.group_ids), t.n_levels - 2, t.mean_width, t.share16, t.share32,
+                      growing=growing)
 
 
 def tile_rows(batch: int, nodes: int, fill: float, max_width: int) -> int:
@@ -305,19 +312,21 @@ def wgrad_chunks(level_start: np.ndarray, reader: np.ndarray, tile_start: np.nda
     return sorted(found, key=lambda c: -c[0])
 
 
-def _auto_mode(groups: int, levels: int, mean_width: float, *, growing: bool = False) -> str:
-    """:func:`auto_mode` for ``groups`` groups of ``mean_width`` over ``levels`` levels
-    (those of the groups: the input's and the output's not counted). More levels never
-    turn its answer from ``persistent`` to ``graph`` (a lower bound on them may stand in)."""
+def _auto_mode(groups: int, levels: int, mean_width: float, share16: float, share32: float,
+               *, growing: bool = False) -> str:
+    """:func:`auto_mode` for ``groups`` groups over ``levels`` levels (those of the groups:
+    the input's and the output's not counted), of ``mean_width`` on average, ``share16``
+    and ``share32`` of them 16 and 32 wide. More levels never turn its answer from
+    ``persistent`` to ``graph`` (a lower bound on them may stand in)."""
     if groups == 0:
         return "persistent"
     per_level = groups / max(levels, 1)
     if per_level >= AUTO_LEVEL_GROUPS or mean_width >= AUTO_WIDTH:
         return "graph"
-    if growing:
+    if growing or groups < AUTO_SETTLED_GROUPS:
         return "persistent"
-    if ((groups >= AUTO_SETTLED_GROUPS and per_level >= AUTO_SETTLED_LEVEL_GROUPS)
-            or (groups >= AUTO_NARROW_GROUPS and mean_width < AUTO_NARROW)):
+    if share16 + share32 < 0.5 or (share16 >= 0.5 and groups >= AUTO_M_GROUPS
+                                   and per_level >= AUTO_M_LEVEL_GROUPS):
         return "graph"
     return "persistent"
 
@@ -641,8 +650,9 @@ class CudaBackend(Backend):
         assert bound is not None
         cols = graph.id_columns(depths=False)
         widths = cols.width[cols.alive]
-        mean = float(widths.mean()) if len(widths) else 0.0
-        return _auto_mode(len(widths), bound - 1, mean, growing=self.growing) == "persistent"
+        mix = width_mix(widths)
+        return _auto_mode(len(widths), bound - 1, mix["mean_width"], mix["share16"],
+                          mix["share32"], growing=self.growing) == "persistent"
 
     def _build_tables(self, inp: TableInputs, also: Mapping[str, np.ndarray]
                       ) -> TableShape | None:

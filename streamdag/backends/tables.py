@@ -23,7 +23,7 @@ from ..graph import INPUT, OUTPUT, NetworkGraph
 from ..params import ParamStore
 
 __all__ = ["MAX_INT32", "NODE_FIELDS", "WG_CPT", "WG_THREADS", "WG_XCOLS", "NetTables",
-           "TableInputs", "TableShape"]
+           "TableInputs", "TableShape", "width_mix"]
 
 NODE_FIELDS = 12  # ints per Node record; see struct Node in network.cu
 WG_THREADS = 256  # SD_WG_THREADS
@@ -81,8 +81,7 @@ class NetTables:
                           n_classes=int(self.nodes[-1, 0]), level_start=self.level_start,
                           group_ids=self.group_ids, out_fan_in=int(self.nodes[-1, 1]),
                           max_width=int(self.nodes[1:-1, 0].max(initial=0)),
-                          mean_width=float(self.nodes[1:-1, 0].mean()) if len(self.nodes) > 2
-                          else 0.0, by_level=self.by_level)
+                          **width_mix(self.nodes[1:-1, 0]), by_level=self.by_level)
 
     @classmethod
     def build(cls, graph: NetworkGraph, params: ParamStore, *, flow: bool = False
@@ -185,6 +184,15 @@ class NetTables:
         )
 
 
+def width_mix(widths: np.ndarray) -> dict[str, float]:
+    """``mean_width``, ``share16`` and ``share32`` of :class:`TableShape` for groups of
+    ``widths`` (all 0.0 without groups): what the CUDA backend's ``auto`` mode chooses by."""
+    if not len(widths):
+        return {"mean_width": 0.0, "share16": 0.0, "share32": 0.0}
+    return {"mean_width": float(widths.mean()), "share16": float((widths == 16).mean()),
+            "share32": float((widths == 32).mean())}
+
+
 @dataclass(frozen=True)
 class TableShape:
     """What the host needs of a network's tables to launch the kernels that walk them, for
@@ -199,6 +207,7 @@ class TableShape:
         max_width: the widest group's width (0 without groups): which build of the level
             kernels to launch.
         mean_width: the groups' mean width (0.0 without groups).
+        share16, share32: the share of groups 16 and 32 neurons wide (0.0 without groups).
         by_level: whether the nodes go level by level (else in flow order: one level).
     """
 
@@ -212,6 +221,8 @@ class TableShape:
     out_fan_in: int
     max_width: int
     mean_width: float
+    share16: float
+    share32: float
     by_level: bool = True
 
     @property
@@ -304,8 +315,7 @@ class TableInputs:
                           n_inputs=self.n_inputs, n_classes=self.n_classes,
                           level_start=self.level_start, group_ids=self.group_ids,
                           out_fan_in=int(w_ext.take(self.out_preds).sum()),
-                          max_width=int(widths.max(initial=0)),
-                          mean_width=float(widths.mean()) if len(widths) else 0.0,
+                          max_width=int(widths.max(initial=0)), **width_mix(widths),
                           by_level=self.by_level)
 
 

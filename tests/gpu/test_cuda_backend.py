@@ -199,13 +199,14 @@ def test_auto_mode_follows_the_shape_through_a_batch_and_matches_the_reference()
 
 
 def test_auto_mode_runs_persistent_while_growing_and_graph_once_settled(monkeypatch) -> None:
-    # 40 groups 8 wide over 4 levels (10 a level): graph mode once settled, for narrow groups
-    # (AUTO_NARROW_GROUPS lowered to 32 here), persistent from a batch until 3 steps passed
-    # without another (AUTO_QUIET_STEPS lowered to 3); every step matches the reference
+    # 40 groups 8 wide over 4 levels (10 a level): graph mode once settled, for groups of a
+    # width other than 16 and 32 (AUTO_SETTLED_GROUPS lowered to 32 here), persistent from a
+    # batch until 3 steps passed without another (AUTO_QUIET_STEPS lowered to 3); every step
+    # matches the reference
     from streamdag.backends import cuda
 
     monkeypatch.setattr(cuda, "AUTO_QUIET_STEPS", 3)
-    monkeypatch.setattr(cuda, "AUTO_NARROW_GROUPS", 32)
+    monkeypatch.setattr(cuda, "AUTO_SETTLED_GROUPS", 32)
     per = 10
     graph = NetworkGraph.from_edges(
         n_inputs=12, n_classes=4, widths=[8] * (4 * per),

@@ -167,7 +167,7 @@ def test_the_device_build_inputs_give_the_host_tables_shape(preset: str, flow: b
     inp = tables.TableInputs.build(g, p, flow=flow)
     got = inp.shape(len(want.tiles), want.row_stride)
     for field in ("n_nodes", "n_tiles", "row_stride", "n_inputs", "n_classes", "out_fan_in",
-                  "max_width", "mean_width", "n_levels", "by_level"):
+                  "max_width", "mean_width", "share16", "share32", "n_levels", "by_level"):
         assert getattr(got, field) == getattr(want.shape, field), field
     np.testing.assert_array_equal(got.level_start, want.level_start)
     np.testing.assert_array_equal(got.group_ids, want.group_ids)
@@ -179,9 +179,11 @@ def test_the_device_build_inputs_give_the_host_tables_shape(preset: str, flow: b
 @pytest.mark.parametrize(("overrides", "settled", "growing"), [
     ({}, "persistent", "persistent"),                      # dag-bench S: 13 groups a level
     ({"width": 32}, "persistent", "persistent"),
-    ({"width": 8}, "graph", "persistent"),                 # narrow groups, 1,024 of them
-    ({"groups": 256, "width": 8}, "persistent", "persistent"),  # narrow, but few
+    ({"width": 8}, "graph", "persistent"),                 # neither 16 nor 32 wide, 1,024
+    ({"width": 24}, "graph", "persistent"),
+    ({"groups": 256, "width": 8}, "persistent", "persistent"),  # the same, but few
     ({"groups": 4096}, "graph", "persistent"),             # dag-bench M: 15 a level
+    ({"groups": 4096, "width": 32}, "persistent", "persistent"),
     ({"groups": 4096, "window": 32}, "persistent", "persistent"),  # 8 a level
     ({"width": 64}, "graph", "graph"),                     # S64
     ({"groups": 1024, "levels": 16, "window": 1024}, "graph", "graph"),  # 64 groups a level
@@ -190,9 +192,9 @@ def test_the_device_build_inputs_give_the_host_tables_shape(preset: str, flow: b
 ])
 def test_auto_mode_runs_the_level_kernels_where_they_are_faster(
         overrides: dict[str, int], settled: str, growing: str) -> None:
-    # always on wide levels or wide groups; on large networks of 14 or more groups a level,
-    # or narrow groups, only once the network has settled (a graph re-capture per batch
-    # costs more than their faster steps save while it grows)
+    # always on wide levels or wide groups; on large networks of 16-wide groups at 14 or
+    # more a level, or of groups neither 16 nor 32 wide, only once the network has settled
+    # (a graph re-capture per batch costs more than their faster steps save while it grows)
     from streamdag.backends.cuda import auto_mode
 
     work = build_workload(resolve_spec("S", **overrides))
