@@ -24,7 +24,7 @@ API, by concern:
   :func:`launch_config`, :func:`launch`, :func:`launcher`, :func:`device_pointer`
 - graphs: :func:`graph_definition`, :func:`graph_kernel_node`, :func:`instantiate`,
   :func:`graph_launch`, :func:`graph_update`; capture: :func:`begin_capture`,
-  :func:`capture_stream`, :func:`end_capture`
+  :func:`capture_stream`, :func:`capture_depend`, :func:`capture_tail`, :func:`end_capture`
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ __all__ = [
     "Gpu",
     "allow_shared_memory",
     "begin_capture",
+    "capture_depend",
     "capture_stream",
+    "capture_tail",
     "compile_cubin",
     "device_pointer",
     "elapsed_ms",
@@ -435,6 +437,34 @@ def capture_stream(builder: Handle) -> Handle:
     records an event that this stream waits on) before :func:`end_capture`. Events recorded
     in a capture order its work (they become edges), they are not recorded when it runs."""
     return builder.stream
+
+
+def capture_depend(stream: Handle, nodes: Sequence[Any]) -> None:
+    """Make the next launch captured on ``stream`` depend on exactly ``nodes`` (from
+    :func:`capture_tail`; none: a root of the graph) instead of the stream's last node."""
+    cu = _cu()
+    (err,) = cu.cuStreamUpdateCaptureDependencies(
+        stream.handle, list(nodes), None, len(nodes),
+        cu.CUstreamUpdateCaptureDependencies_flags.CU_STREAM_SET_CAPTURE_DEPENDENCIES)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise BackendError(f"cuStreamUpdateCaptureDependencies: {err.name}")
+
+
+def capture_tail(stream: Handle) -> Any:
+    """The node the last launch captured on ``stream`` became (for :func:`capture_depend`)."""
+    cu = _cu()
+    res = cu.cuStreamGetCaptureInfo(stream.handle)
+    err, deps, n = res[0], res[4], res[-1]
+    if err != cu.CUresult.CUDA_SUCCESS or n != 1:
+        raise BackendError(f"cuStreamGetCaptureInfo: {getattr(err, 'name', err)}, "
+                           f"{n} dependencies")
+    return deps[0]
+
+
+def _cu() -> Any:
+    from cuda.bindings import driver as cu
+
+    return cu
 
 
 def end_capture(builder: Handle, stream: Handle, *, into: Handle | None = None) -> Handle:

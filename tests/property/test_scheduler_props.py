@@ -234,3 +234,29 @@ def assert_runs_as_serial(tg: TaskGraph, plan: Plan, size: int, seed: int) -> No
     got = np.zeros(size, np.int64)
     run_sim(plan, {"state": got}, max_delay_s=1e-4, seed=seed)
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=150)
+@given(st.integers(0, 2**31), st.integers(1, 150), st.integers(0, 8))
+def test_reduced_preds_keep_the_order_and_drop_every_implied_edge(seed: int, n: int,
+                                                                 fan: int) -> None:
+    # the graph mode of the CUDA executor captures each launch after its reduced
+    # predecessors only: the same ancestors as the DAG's, and no edge another path implies
+    from streamdag.scheduler.cuda import reduced_preds
+
+    rng = random.Random(seed)
+    preds = [tuple(sorted(rng.sample(range(i), min(i, rng.randint(0, fan)))))
+             for i in range(n)]
+    reduced = reduced_preds(preds)
+
+    def ancestors(edges: list[tuple[int, ...]] | list[list[int]]) -> list[set[int]]:
+        anc: list[set[int]] = []
+        for ps in edges:
+            anc.append(set().union(*([anc[p] | {p} for p in ps] or [set()])))
+        return anc
+
+    full = ancestors(preds)
+    assert ancestors(reduced) == full
+    for i, ps in enumerate(reduced):
+        assert set(ps) <= set(preds[i])
+        assert not any(p in full[q] for p in ps for q in ps if q != p), i
