@@ -73,8 +73,8 @@ A step is a handful of launches whose shape depends on ``mode``:
   baseline the other modes beat.
 * ``streams-graph``: the same task plan replayed as one CUDA graph (a kernel node per task,
   the plan's dependencies as edges; :class:`~streamdag.scheduler.CudaExecutor` in graph
-  mode, which captures the plan issued on its streams), captured and instantiated again
-  after a mutation (~0.2 s at M on an H100).
+  mode, which captures each launch after its transitively reduced predecessors), captured
+  and instantiated again after a mutation (240 ms a batch at M on an H100).
 
 Kernels and their reference functions are listed in ``kernels/network.cu``.
 
@@ -137,8 +137,9 @@ AUTO_LEVEL_GROUPS = 24  # auto mode: groups per level (mean) from which graph mo
 AUTO_WIDTH = 48         # auto mode: group width (mean) from which graph mode runs
 # auto mode: steps after a mutation batch that count as growing. The step that ends that
 # phase at M costs 17-27 ms (H100: tables level by level, a graph capture), and graph mode's
-# steps there save ~0.07 ms each: switching after about as many steps as pay for it costs at
-# most about twice what the best choice in hindsight would have (the ski-rental bound).
+# steps there save 0.04-0.07 ms each (~250-650 steps to pay for it; this is the low end):
+# switching after about as many steps as pay for it costs at most about twice what the best
+# choice in hindsight would have (the ski-rental bound).
 AUTO_QUIET_STEPS = 256
 AUTO_SETTLED_GROUPS = 1024  # settled (see auto_mode): graph mode possible from this many groups
 AUTO_M_GROUPS = 4096        # ... for 16-wide groups from this many groups
