@@ -166,6 +166,7 @@ class _Counters:
     metrics_lines: int = 0  # records in metrics.jsonl
     epoch_correct: int = 0  # correct training predictions so far in the current epoch
     seconds: float = 0.0    # training time so far (across resumes)
+    grown_at: int = -1      # steps completed when the last mutation batch came (-1: none)
 
 
 class Trainer:
@@ -255,6 +256,9 @@ class Trainer:
             raise CheckpointError(f"{file}: the RNG or growth-policy state is malformed "
                                   f"({exc!r})") from None
         self.counters = counters
+        # a backend whose choices follow growth (the GPU's auto mode) makes the same ones
+        self.backend.on_resume(None if counters.grown_at < 0
+                               else counters.step - counters.grown_at)
         self._perm = perm.astype(np.int64)
         self.losses = [float(v) for v in losses]
         self._truncate_metrics()
@@ -353,6 +357,7 @@ class Trainer:
             log.warning("mutation batch refused", step=step, error=str(exc))
             return
         self.counters.mutations += len(report)
+        self.counters.grown_at = step + 1  # the batch follows step `step`
         self.policy.notify(report, step)
         self.backend.on_mutation(self.graph, self.params, report)
         if structlog.is_configured():  # routine events stay quiet until an app configures logs

@@ -125,5 +125,10 @@ class Backend(ABC):
     ) -> None:
         """Called after a mutation batch was applied to the host graph and params."""
 
+    def on_resume(self, steps_since_growth: int | None) -> None:  # noqa: B027 - optional hook
+        """Called when training resumes from a checkpoint, before the first step: the steps
+        run since the last mutation batch (``None``: no batch yet), as the backend of the
+        run that stopped counted them through :meth:`step` and :meth:`on_mutation`."""
+
     def sync_params(self, params: ParamStore) -> None:  # noqa: B027 - optional hook
         """Bring the host ``params`` up to date (no-op for host backends)."""

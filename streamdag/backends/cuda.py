@@ -515,6 +515,14 @@ class CudaBackend(Backend):
         if n_ops:
             self._launch_replay(n_ops)
 
+    def on_resume(self, steps_since_growth: int | None) -> None:
+        """Count as the stopped run's backend did: ``auto`` mode chooses by whether the
+        network grew in the last :data:`AUTO_QUIET_STEPS` steps, and a resumed run must
+        choose as the run that never stopped would (the same modes, the same results)."""
+        if steps_since_growth is not None and steps_since_growth < 0:
+            raise ValueError(f"steps_since_growth must be >= 0, got {steps_since_growth}")
+        self._since_batch = steps_since_growth
+
     @property
     def growing(self) -> bool:
         """Whether a mutation batch came in the last :data:`AUTO_QUIET_STEPS` steps (what

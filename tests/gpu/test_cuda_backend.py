@@ -629,3 +629,45 @@ def test_interrupted_gpu_run_resumes_bit_identically(tmp_path) -> None:
         assert np.array_equal(resumed.params.weight(node), full.params.weight(node))
         assert np.array_equal(resumed.params.weight_momentum(node),
                               full.params.weight_momentum(node))
+
+
+def test_a_resumed_run_chooses_the_modes_the_run_that_never_stopped_chose(tmp_path,
+                                                                         monkeypatch) -> None:
+    """``auto`` runs ``persistent`` while the network grows and ``graph`` once settled
+    (thresholds lowered here so that 8-wide groups switch within the run): a run stopped
+    while growing resumes growing, with the same modes step by step and the same losses."""
+    from streamdag.backends import cuda
+    from streamdag.data import load_dataset
+    from streamdag.train import TrainConfig, Trainer, TrainerCallback
+
+    monkeypatch.setattr(cuda, "AUTO_SETTLED_GROUPS", 1)
+    monkeypatch.setattr(cuda, "AUTO_QUIET_STEPS", 4)
+
+    class Modes(TrainerCallback):
+        def __init__(self) -> None:
+            self.modes: list[str] = []
+            self.grew: list[int] = []
+
+        def on_step(self, trainer, result) -> None:  # type: ignore[no-untyped-def]
+            self.modes.append(trainer.backend.active_mode)
+
+        def on_mutation(self, trainer, report) -> None:  # type: ignore[no-untyped-def]
+            self.grew.append(trainer.counters.step)
+
+    data = load_dataset("spirals")
+    cfg = TrainConfig(epochs=3, every=9, cooldown=10, threshold=1e-4, max_groups=24,
+                      init_width=8)
+    seen = Modes()
+    full = Trainer(data, cfg, backend=cuda.CudaBackend(), out_dir=tmp_path / "full",
+                   callbacks=[seen])
+    full.fit()
+    assert {"graph", "persistent"} <= set(seen.modes) and len(seen.grew) >= 2
+    stop = seen.grew[1] + 2  # two steps after a batch: still growing
+    part = Trainer(data, cfg, backend=cuda.CudaBackend(), out_dir=tmp_path / "part")
+    assert part.fit(max_steps=stop).stopped_early
+    after = Modes()
+    resumed = Trainer.resume(tmp_path / "part", data, backend=cuda.CudaBackend(),
+                             callbacks=[after])
+    resumed.fit()
+    assert after.modes == seen.modes[stop:]
+    assert resumed.losses == full.losses

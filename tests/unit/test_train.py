@@ -68,6 +68,34 @@ def test_resume_truncates_metrics_written_after_the_checkpoint(tmp_path: Path) -
     assert len((tmp_path / METRICS_NAME).read_text().splitlines()) == 3
 
 
+def test_a_resumed_backend_learns_how_many_steps_ago_the_network_grew(tmp_path: Path) -> None:
+    # the backend of the run that stopped counted its steps since the last batch (the GPU's
+    # auto mode chooses by that count); the resumed run's backend is told the same count
+    from streamdag.backends.reference import ReferenceBackend
+
+    class Counting(ReferenceBackend):
+        def __init__(self) -> None:
+            self.since: int | None = None
+            self.told: list[int | None] = []
+
+        def step(self, *args, **kw):  # type: ignore[no-untyped-def]
+            self.since = None if self.since is None else self.since + 1
+            return super().step(*args, **kw)
+
+        def on_mutation(self, graph, params, report) -> None:  # type: ignore[no-untyped-def]
+            self.since = 0
+
+        def on_resume(self, steps_since_growth: int | None) -> None:
+            self.told.append(steps_since_growth)
+
+    for steps in (1, 4, 7):
+        run = Trainer(DATA, _cfg(epochs=3), backend=Counting(), out_dir=tmp_path / str(steps))
+        run.fit(max_steps=steps)
+        resumed = Trainer.resume(tmp_path / str(steps), DATA, backend=Counting())
+        assert resumed.backend.told == [run.backend.since], steps
+    assert run.backend.since is not None and run.counters.grown_at > 0
+
+
 def test_lr_schedules() -> None:
     t = Trainer(DATA, _cfg(lr=0.2, lr_schedule="constant"))
     assert t.learning_rate() == 0.2
