@@ -432,10 +432,8 @@ def begin_capture(stream: Handle) -> Handle:
 
 
 def capture_stream(builder: Handle) -> Handle:
-    """The stream a capture (:func:`begin_capture`) records into: another stream joins the
-    capture by waiting on an event recorded there, and must be joined back into it (it
-    records an event that this stream waits on) before :func:`end_capture`. Events recorded
-    in a capture order its work (they become edges), they are not recorded when it runs."""
+    """The stream a capture (:func:`begin_capture`) records into: launch on it (and set what
+    the next launch depends on with :func:`capture_depend`)."""
     return builder.stream
 
 

@@ -255,6 +255,9 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{file}: the RNG or growth-policy state is malformed "
                                   f"({exc!r})") from None
+        if counters.grown_at > counters.step:
+            raise CheckpointError(f"{file}: the last growth (step {counters.grown_at}) is past "
+                                  f"the steps done ({counters.step})")
         self.counters = counters
         # a backend whose choices follow growth (the GPU's auto mode) makes the same ones
         self.backend.on_resume(None if counters.grown_at < 0

@@ -94,6 +94,16 @@ def test_a_resumed_backend_learns_how_many_steps_ago_the_network_grew(tmp_path: 
         resumed = Trainer.resume(tmp_path / str(steps), DATA, backend=Counting())
         assert resumed.backend.told == [run.backend.since], steps
     assert run.backend.since is not None and run.counters.grown_at > 0
+    # a checkpoint whose last growth lies past its steps is refused, naming both
+    from streamdag.checkpoint import load_checkpoint, save_checkpoint
+    from streamdag.errors import CheckpointError
+
+    file = tmp_path / "7" / CHECKPOINT_NAME
+    ck = load_checkpoint(file)
+    state = {**ck.state, "counters": {**ck.state["counters"], "grown_at": 99}}
+    save_checkpoint(file, graph=ck.graph, params=ck.params, state=state, arrays=ck.arrays)
+    with pytest.raises(CheckpointError, match=r"step 99.*steps done \(7\)"):
+        Trainer.resume(file, DATA)
 
 
 def test_lr_schedules() -> None:
