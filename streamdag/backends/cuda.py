@@ -222,8 +222,9 @@ def auto_mode(t: TableShape, *, growing: bool = False) -> str:
     :data:`AUTO_M_LEVEL_GROUPS` groups a level or more in :data:`AUTO_M_GROUPS` groups or
     more; else ``"persistent"``.
 
-    Measured on an H100 (2026-11-24, tenth session; best of 3 × 30 steps, batch 256;
-    persistent ÷ graph, > 1: graph faster; dag-bench DAGs, window 64 unless named):
+    Measured on an H100 with ``tools/auto_probe.py`` (2026-11-24, tenth session; best of 3 ×
+    30 steps, batch 256; persistent ÷ graph, > 1: graph faster; dag-bench DAGs, window 64
+    unless named):
 
     - 4,096 groups (15.2 a level) at widths 8 / 12 / 16 / 20 / 24 / 28 / 32 / 40: 1.35 /
       1.12 / 1.04 / 1.26 / 1.28 / 1.27 / 0.90 / 1.03;
@@ -233,6 +234,8 @@ def auto_mode(t: TableShape, *, growing: bool = False) -> str:
       0.87 / 0.88 / 0.88; 1,024 at 16 / 7.9 / 8.0 / 4.3 / 2.6 a level 0.97 / 0.84 / 0.88 /
       0.82 / 0.83; 256 at 8.8 0.82; 48 at 2.1 (batch 64) 0.94.
 
+    A second run of the tool, on the final code, gave the same picture within ±0.12 (M 1.02;
+    width 8 at 1,024 groups 1.13; width 12 there 0.99, the rule's one small miss seen).
     Untested: narrow or odd widths below 1,024 groups (persistent is kept there), and
     networks that mix widths. Before the sixth session's successor lists, layers of 128 /
     64 / 32 / 16 groups at 4,096 × 16 measured 1.83 / 1.73 / 1.25 / 0.87, which set
