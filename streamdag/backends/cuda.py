@@ -222,7 +222,7 @@ def auto_mode(t: TableShape, *, growing: bool = False) -> str:
     :data:`AUTO_M_LEVEL_GROUPS` groups a level or more in :data:`AUTO_M_GROUPS` groups or
     more; else ``"persistent"``.
 
-    Measured on an H100 with ``tools/auto_probe.py`` (2026-11-24, tenth session; best of 3 ×
+    Measured on an H100 with the probe now in ``tools/auto_probe.py`` (2026-11-24; best of 3 ×
     30 steps, batch 256; persistent ÷ graph, > 1: graph faster; dag-bench DAGs, window 64
     unless named):
 
