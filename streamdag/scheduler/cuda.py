@@ -156,6 +156,7 @@ class CudaExecutor:
         self._events += [self.gpu.event() for _ in range(events - len(self._events))]
         self._join += [self.gpu.event() for _ in range(streams - len(self._join))]
         self._graph: Any = None
+        self._reduced_preds: list[list[int]] | None = None
         self._profiled: tuple[Any, Any, list[tuple[Any, Any]]] | None = None
         if mode == "graph":
             self._graph = driver.end_capture(self._capture(), self._streams[0])
@@ -242,6 +243,12 @@ class CudaExecutor:
                 self._config(grid, shape.block, shape.shmem_bytes),
                 (table, np.uint32(len(lau.tasks))))
 
+    def _reduced(self) -> list[list[int]]:
+        """:func:`reduced_preds` of the plan's launches (the plan never changes: made once)."""
+        if self._reduced_preds is None:
+            self._reduced_preds = reduced_preds([lau.preds for lau in self.plan.launches])
+        return self._reduced_preds
+
     def _capture(self) -> Any:
         """The plan's launches captured on one stream, each made to depend on exactly the
         nodes of its ``preds`` that no other of them is ordered after (a root where it has
@@ -252,9 +259,7 @@ class CudaExecutor:
         launch, depend, tail = driver.launcher(), driver.capture_depend, driver.capture_tail
         nodes: list[Any] = []
         try:
-            for preds, (k, cfg, args) in zip(reduced_preds([lau.preds for lau in
-                                                            self.plan.launches]),
-                                             self._launch_args, strict=True):
+            for preds, (k, cfg, args) in zip(self._reduced(), self._launch_args, strict=True):
                 depend(s, [nodes[p] for p in preds])
                 launch(s, cfg, k, *args)
                 nodes.append(tail(s))
@@ -272,10 +277,9 @@ class CudaExecutor:
             root = driver.graph_record_node(gd, [], origin)
             stamps: list[tuple[Any, Any]] = []
             ends: list[Any] = []
-            for lau, (k, cfg, args) in zip(self.plan.launches, self._launch_args,
-                                           strict=True):
+            for ps, (k, cfg, args) in zip(self._reduced(), self._launch_args, strict=True):
                 a, b = self.gpu.event(timing=True), self.gpu.event(timing=True)
-                before = driver.graph_record_node(gd, [ends[p] for p in lau.preds] or [root], a)
+                before = driver.graph_record_node(gd, [ends[p] for p in ps] or [root], a)
                 node = driver.graph_kernel_node(gd, [before], cfg, k, args)
                 ends.append(driver.graph_record_node(gd, [node], b))
                 stamps.append((a, b))
@@ -295,23 +299,12 @@ class CudaExecutor:
         if self.mode == "graph":
             self._run_graph(observe, sync)
             return
-        stamps: list[tuple[Any, Any]] | None = [] if observe else None
-        origin = self._issue(self._streams, stamps)
-        if sync:
-            s0.sync()
-        if stamps is not None and self.observer is not None:
-            self.observer.on_run(self._records("cuda-streams", origin, stamps))
-
-    def _issue(self, streams: list[Any], stamps: list[tuple[Any, Any]] | None) -> Any:
-        """Issue the plan on ``streams`` (``streams[0]`` first, the others after it, all
-        joined back into it at the end); with ``stamps``, a (start, end) timing event pair
-        appended per launch, and the origin event they are timed from returned."""
-        s0, events = streams[0], self._events
+        streams, events = self._streams, self._events
         driver.record(s0, self._join[0])
         for s in streams[1:]:
             driver.wait(s, self._join[0])
-        origin = None
-        if stamps is not None:
+        stamps: list[tuple[Any, Any]] = []
+        if observe:
             origin = self.gpu.event(timing=True)
             driver.record(s0, origin)
         launch = driver.launcher()
@@ -319,11 +312,11 @@ class CudaExecutor:
             s = streams[lau.stream]
             for e in lau.waits:
                 s.wait(events[e])
-            if stamps is not None:
+            if observe:
                 a, b = self.gpu.event(timing=True), self.gpu.event(timing=True)
                 driver.record(s, a)
             launch(s, cfg, k, *args)
-            if stamps is not None:
+            if observe:
                 driver.record(s, b)
                 stamps.append((a, b))
             if lau.record >= 0:
@@ -331,7 +324,10 @@ class CudaExecutor:
         for i, s in enumerate(streams[1:], start=1):
             driver.record(s, self._join[i])
             driver.wait(s0, self._join[i])
-        return origin
+        if sync:
+            s0.sync()
+        if observe and self.observer is not None:
+            self.observer.on_run(self._records("cuda-streams", origin, stamps))
 
     def _run_graph(self, observe: bool, sync: bool) -> None:
         s0 = self._streams[0]
