@@ -80,15 +80,53 @@ def _param_type(param: str) -> str:
     return " ".join(words[:-1]) if len(words) > 1 else p  # drop the parameter name
 
 
+_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)", re.MULTILINE)
+_DIRECTIVE = re.compile(r"^\s*#\s*(ifndef|ifdef|if|else|elif|endif)\b\s*(\w*)")
+
+
+def _without_excluded(text: str, defined: frozenset[str]) -> str:
+    """``text`` without its ``#ifndef NAME`` blocks for a ``NAME`` in ``defined`` (to their
+    ``#else`` or ``#endif``, nested conditionals included): what a build that defines them
+    leaves out. Other conditionals are kept whole."""
+    out: list[str] = []
+    skip_depth = 0  # > 0: inside an excluded block, at this nesting depth
+    depth = 0
+    for line in text.split("\n"):
+        m = _DIRECTIVE.match(line)
+        kind, name = (m.group(1), m.group(2)) if m else ("", "")
+        if kind in ("ifndef", "ifdef", "if"):
+            depth += 1
+            if not skip_depth and kind == "ifndef" and name in defined:
+                skip_depth = depth
+                continue
+        elif kind in ("else", "elif") and skip_depth == depth:
+            skip_depth = 0
+            continue
+        elif kind == "endif":
+            depth -= 1
+            if skip_depth == depth + 1:
+                skip_depth = 0
+                continue
+        if not skip_depth:
+            out.append(line)
+    return "\n".join(out)
+
+
 @functools.cache
-def signatures(file: str) -> dict[str, tuple[str, ...]]:
+def signatures(file: str, defined: frozenset[str] = frozenset()) -> dict[str, tuple[str, ...]]:
     """Parameter types of each ``extern "C"`` kernel in ``file``.
 
     Example: ``signatures("scheduler.cu")["saxpy"] == ("float", "const float*", "float*",
-    "unsigned int")``. Pointer types are normalised to ``"T*"``; names are dropped.
+    "unsigned int")``. Pointer types are normalised to ``"T*"``; names are dropped. A file
+    that defines macros and includes another ``*.cu`` (a build of it: ``network64.cu``)
+    lists that file's kernels, less the ``#ifndef`` blocks of the macros it defined.
     """
-    text = _COMMENT.sub("", _read(file))
+    text = _without_excluded(_COMMENT.sub("", _read(file)), defined)
+    defined = defined | frozenset(_DEFINE.findall(text))
     out: dict[str, tuple[str, ...]] = {}
+    for inc in _INCLUDE.findall(text):
+        if inc.endswith(".cu"):
+            out.update(signatures(inc, defined))
     for name, params in _KERNEL.findall(text):
         ps = [p.strip() for p in params.split(",") if p.strip() and p.strip() != "void"]
         out[name] = tuple(_param_type(p) for p in ps)

@@ -30,24 +30,36 @@
 //      sd_ema_select [1-D, block 256]  groups whose score passes a threshold, compacted with
 //                    an atomic counter (unordered; the host sorts by id)
 
-extern "C" __global__ void sd_copy2d(float* dst, const float* src, int dst_off, int dst_stride,
+// The element type: float, or double in growth64.cu (SD_F64; CudaBackend with float64
+// parameters), with its rounded product and sum (no contraction: numpy's rounding).
+#ifdef SD_F64
+typedef double sd_real;
+#define SD_MUL_RN __dmul_rn
+#define SD_ADD_RN __dadd_rn
+#else
+typedef float sd_real;
+#define SD_MUL_RN __fmul_rn
+#define SD_ADD_RN __fadd_rn
+#endif
+
+extern "C" __global__ void sd_copy2d(sd_real* dst, const sd_real* src, int dst_off, int dst_stride,
                                      int src_off, int src_stride, int rows, int ncols,
-                                     float scale, int accumulate) {
+                                     sd_real scale, int accumulate) {
   const long long n = (long long)rows * ncols;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     const int r = (int)(i / ncols), c = (int)(i % ncols);
-    const float v = __fmul_rn(src[src_off + (long long)r * src_stride + c], scale);
-    float* d = dst + dst_off + (long long)r * dst_stride + c;
-    *d = accumulate ? __fadd_rn(*d, v) : v;
+    const sd_real v = SD_MUL_RN(src[src_off + (long long)r * src_stride + c], scale);
+    sd_real* d = dst + dst_off + (long long)r * dst_stride + c;
+    *d = accumulate ? SD_ADD_RN(*d, v) : v;
   }
 }
 
 // moves: int64 rows (old weight offset, new, size, old bias offset, new, size), one per slot;
 // col 0 moves the weight ranges, col 3 the bias ranges. A block per slot (grid-stride).
 extern "C" __global__ void sd_move_slots(const long long* __restrict__ moves, int n_moves,
-                                         int col, float* __restrict__ dst,
-                                         const float* __restrict__ src) {
+                                         int col, sd_real* __restrict__ dst,
+                                         const sd_real* __restrict__ src) {
   for (int m = blockIdx.x; m < n_moves; m += gridDim.x) {
     const long long from = moves[6LL * m + col], to = moves[6LL * m + col + 1];
     const long long size = moves[6LL * m + col + 2];
@@ -66,20 +78,20 @@ struct SdParamOp {
 };
 
 // dst[r * dst_stride + c] (+)= scale * src[r * src_stride + c] for the block's threads
-__device__ __forceinline__ void sd_block_copy(float* dst, const float* src, int rows, int ncols,
-                                              int dst_stride, int src_stride, float scale,
+__device__ __forceinline__ void sd_block_copy(sd_real* dst, const sd_real* src, int rows, int ncols,
+                                              int dst_stride, int src_stride, sd_real scale,
                                               bool accumulate) {
   for (int i = threadIdx.x; i < rows * ncols; i += blockDim.x) {
     const int r = i / ncols, c = i % ncols;
-    const float v = __fmul_rn(src[(long long)r * src_stride + c], scale);
-    float* d = dst + (long long)r * dst_stride + c;
-    *d = accumulate ? __fadd_rn(*d, v) : v;
+    const sd_real v = SD_MUL_RN(src[(long long)r * src_stride + c], scale);
+    sd_real* d = dst + (long long)r * dst_stride + c;
+    *d = accumulate ? SD_ADD_RN(*d, v) : v;
   }
 }
 
 extern "C" __global__ void __launch_bounds__(256) sd_replay(const SdParamOp* ops, int n_ops,
-                                                             float* w, float* vw, float* b,
-                                                             float* vb, const float* stage) {
+                                                             sd_real* w, sd_real* vw, sd_real* b,
+                                                             sd_real* vb, const sd_real* stage) {
   __shared__ double red[2][256];
   for (int k = 0; k < n_ops; ++k) {
     const SdParamOp op = ops[k];
@@ -90,9 +102,9 @@ extern "C" __global__ void __launch_bounds__(256) sd_replay(const SdParamOp* ops
         break;
       case SD_COPY_COLS:
         sd_block_copy(w + op.dst, w + op.src, op.rows, op.ncols, op.dst_stride, op.src_stride,
-                      (float)op.scale, false);
+                      (sd_real)op.scale, false);
         sd_block_copy(vw + op.dst, vw + op.src, op.rows, op.ncols, op.dst_stride,
-                      op.src_stride, (float)op.scale, false);
+                      op.src_stride, (sd_real)op.scale, false);
         break;
       case SD_COPY_BIAS:
         for (int i = threadIdx.x; i < op.rows; i += blockDim.x) {
@@ -130,9 +142,9 @@ extern "C" __global__ void __launch_bounds__(256) sd_replay(const SdParamOp* ops
         const double m = red[0][0] / op.ncols;
         double sd = sqrt(fmax(red[1][0] / op.ncols - m * m, 0.0));
         if (sd == 0.0) sd = 1.0;
-        const float scale = (float)(op.scale * sd);
+        const sd_real scale = (sd_real)(op.scale * sd);
         for (int i = threadIdx.x; i < op.ncols; i += blockDim.x)
-          w[op.dst + i] = __fadd_rn(w[op.dst + i], __fmul_rn(stage[op.src + i], scale));
+          w[op.dst + i] = SD_ADD_RN(w[op.dst + i], SD_MUL_RN(stage[op.src + i], scale));
         break;
       }
     }
@@ -140,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(256) sd_replay(const SdParamOp* ops
   }
 }
 
-extern "C" __global__ void sd_ema_update(const float* grad_std, const float* act_mean, int n,
+extern "C" __global__ void sd_ema_update(const sd_real* grad_std, const sd_real* act_mean, int n,
                                          double* ema, int* seen, double decay_std,
                                          double decay_act) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -57,11 +57,34 @@
 #define SD_FWD_ROWS 8
 #define SD_BWD_ROWS 8
 #ifndef SD_WG_ROWCHUNK  // batch rows staged per round by the weight-gradient kernel
+#ifdef SD_F64
+#define SD_WG_ROWCHUNK 32  // float64: the staged rows in the 48 KiB of static shared memory
+#else
 #define SD_WG_ROWCHUNK 64
-#define SD_WG_STAGE_U 4  // rows staged at a time (2 or 8: slower)
 #endif
+#endif
+#define SD_WG_STAGE_U 4  // rows staged at a time (2 or 8: slower)
 
 #include "node.cuh"  // struct Node
+
+// The element type. SD_F64 (network64.cu) builds the kernels the streams modes run in
+// float64, for runs whose grown structure must not depend on the summation order (see
+// docs/cuda-backend.md, "Digits"); the tiled level kernels and the persistent step are
+// float32 only. SD_FMA etc. are the float32 functions this file always used, or their
+// float64 counterparts (exp and log exact to an ulp instead of the fast intrinsics).
+#ifdef SD_F64
+typedef double sd_real;
+#define SD_FMA fma
+#define SD_FMAX fmax
+#define SD_EXP exp
+#define SD_LOG log
+#else
+typedef float sd_real;
+#define SD_FMA fmaf
+#define SD_FMAX fmaxf
+#define SD_EXP __expf
+#define SD_LOG __logf
+#endif
 
 // ---------------------------------------------------------------- per-item device functions
 
@@ -72,46 +95,46 @@
 
 // h (or z, for the output) of node nd at one batch row, output o. colmap gives, per input
 // column, its offset within a batch row; weights are read-only for the whole kernel.
-__device__ __forceinline__ float sd_fwd_one(const int* __restrict__ colmap,
-                                            const float* __restrict__ weight,
-                                            const float* __restrict__ bias,
-                                            const float* act_row, const Node& nd, int o) {
-  const float* w = weight + nd.w_off + (long long)o * nd.fan_in;
+__device__ __forceinline__ sd_real sd_fwd_one(const int* __restrict__ colmap,
+                                              const sd_real* __restrict__ weight,
+                                              const sd_real* __restrict__ bias,
+                                              const sd_real* act_row, const Node& nd, int o) {
+  const sd_real* w = weight + nd.w_off + (long long)o * nd.fan_in;
   const int* cm = colmap + nd.col_start;
-  float acc0 = 0.f, acc1 = 0.f;
+  sd_real acc0 = 0.f, acc1 = 0.f;
   int c = 0;
   for (; c + SD_CHUNK <= nd.fan_in; c += SD_CHUNK) {
     int idx[SD_CHUNK];
-    float xv[SD_CHUNK], wv[SD_CHUNK];
+    sd_real xv[SD_CHUNK], wv[SD_CHUNK];
 #pragma unroll
     for (int j = 0; j < SD_CHUNK; ++j) idx[j] = __ldg(cm + c + j);
 #pragma unroll
     for (int j = 0; j < SD_CHUNK; ++j) { wv[j] = __ldg(w + c + j); xv[j] = act_row[idx[j]]; }
 #pragma unroll
     for (int j = 0; j < SD_CHUNK; j += 2) {
-      acc0 = fmaf(wv[j], xv[j], acc0);
-      acc1 = fmaf(wv[j + 1], xv[j + 1], acc1);
+      acc0 = SD_FMA(wv[j], xv[j], acc0);
+      acc1 = SD_FMA(wv[j + 1], xv[j + 1], acc1);
     }
   }
-  for (; c < nd.fan_in; ++c) acc0 = fmaf(__ldg(w + c), act_row[__ldg(cm + c)], acc0);
-  const float z = __ldg(bias + nd.b_off + o) + (acc0 + acc1);
-  return nd.relu ? fmaxf(z, 0.f) : z;
+  for (; c < nd.fan_in; ++c) acc0 = SD_FMA(__ldg(w + c), act_row[__ldg(cm + c)], acc0);
+  const sd_real z = __ldg(bias + nd.b_off + o) + (acc0 + acc1);
+  return nd.relu ? SD_FMAX(z, (sd_real)0) : z;
 }
 
 // dh of node nd at one batch row, neuron k: gathered from its successors' dz. A successor
 // record is (its activation offset in a row, weight offset of nd's first column in it, its
 // width, its fan-in).
-__device__ __forceinline__ float sd_pull_one(const int4* __restrict__ succs,
-                                             const float* __restrict__ weight,
-                                             const float* dz_row, const Node& nd, int k) {
-  float acc0 = 0.f, acc1 = 0.f;
+__device__ __forceinline__ sd_real sd_pull_one(const int4* __restrict__ succs,
+                                               const sd_real* __restrict__ weight,
+                                               const sd_real* dz_row, const Node& nd, int k) {
+  sd_real acc0 = 0.f, acc1 = 0.f;
   for (int i = 0; i < nd.n_succs; ++i) {
     const int4 sc = __ldg(succs + nd.succ_start + i);
-    const float* d = dz_row + sc.x;
-    const float* w = weight + sc.y + k;
+    const sd_real* d = dz_row + sc.x;
+    const sd_real* w = weight + sc.y + k;
     int o = 0;
     for (; o + SD_CHUNK <= sc.z; o += SD_CHUNK) {
-      float dv[SD_CHUNK], wv[SD_CHUNK];
+      sd_real dv[SD_CHUNK], wv[SD_CHUNK];
 #pragma unroll
       for (int j = 0; j < SD_CHUNK; ++j) {
         dv[j] = d[o + j];
@@ -119,11 +142,11 @@ __device__ __forceinline__ float sd_pull_one(const int4* __restrict__ succs,
       }
 #pragma unroll
       for (int j = 0; j < SD_CHUNK; j += 2) {
-        acc0 = fmaf(dv[j], wv[j], acc0);
-        acc1 = fmaf(dv[j + 1], wv[j + 1], acc1);
+        acc0 = SD_FMA(dv[j], wv[j], acc0);
+        acc1 = SD_FMA(dv[j + 1], wv[j + 1], acc1);
       }
     }
-    for (; o < sc.z; ++o) acc0 = fmaf(d[o], __ldg(w + (long long)o * sc.w), acc0);
+    for (; o < sc.z; ++o) acc0 = SD_FMA(d[o], __ldg(w + (long long)o * sc.w), acc0);
   }
   return acc0 + acc1;
 }
@@ -132,8 +155,8 @@ __device__ __forceinline__ float sd_pull_one(const int4* __restrict__ succs,
 
 extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int* __restrict__ colmap,
                                       const int* __restrict__ task_nodes, int key,
-                                      const float* __restrict__ weight,
-                                      const float* __restrict__ bias, float* act, int batch) {
+                                      const sd_real* __restrict__ weight,
+                                      const sd_real* __restrict__ bias, sd_real* act, int batch) {
   const Node nd = nodes[task_nodes[key] + blockIdx.x];
   const int row_stride = task_nodes[0];
   const int b0 = blockIdx.y * SD_FWD_ROWS;
@@ -141,10 +164,12 @@ extern "C" __global__ void sd_forward(const Node* __restrict__ nodes, const int*
   for (int it = threadIdx.x; it < items; it += blockDim.x) {
     const int b = b0 + it / nd.width, o = it % nd.width;
     if (b >= batch) break;
-    float* row = act + (long long)b * row_stride;
+    sd_real* row = act + (long long)b * row_stride;
     row[nd.act + o] = sd_fwd_one(colmap, weight, bias, row, nd, o);
   }
 }
+
+#ifndef SD_F64  // the tiled level kernels: float32 only
 
 // ---------------------------------------------------------------- tiled level kernels
 // The fused and graph modes' forward and pull backward: a block computes one node for
@@ -600,31 +625,33 @@ extern "C" __global__ void __launch_bounds__(SD_TILE_THREADS, SD_TILE_MINB_MANY)
                                  tile_rows);
 }
 
+#endif  // SD_F64
+
 // Softmax cross-entropy of the output node; writes loss/correct per row and dz (= dh) of the
 // output: (softmax − onehot) / batch.
-__device__ __forceinline__ void sd_softmax_row(const Node& out, const float* act_row,
-                                               float* dh_row, float* dz_row, int label,
-                                               int batch, float* loss_row, int* correct_row) {
-  const float* z = act_row + out.act;
-  float m = z[0];
+__device__ __forceinline__ void sd_softmax_row(const Node& out, const sd_real* act_row,
+                                               sd_real* dh_row, sd_real* dz_row, int label,
+                                               int batch, sd_real* loss_row, int* correct_row) {
+  const sd_real* z = act_row + out.act;
+  sd_real m = z[0];
   int arg = 0;
   for (int c = 1; c < out.width; ++c)
     if (z[c] > m) { m = z[c]; arg = c; }
-  float s = 0.f;
-  for (int c = 0; c < out.width; ++c) s += __expf(z[c] - m);
-  const float inv = 1.f / s, scale = 1.f / (float)batch;
-  *loss_row = __logf(s) - (z[label] - m);
+  sd_real s = 0.f;
+  for (int c = 0; c < out.width; ++c) s += SD_EXP(z[c] - m);
+  const sd_real inv = 1.f / s, scale = 1.f / (sd_real)batch;
+  *loss_row = SD_LOG(s) - (z[label] - m);
   *correct_row = arg == label;
   for (int c = 0; c < out.width; ++c) {
-    const float g = (__expf(z[c] - m) * inv - (c == label ? 1.f : 0.f)) * scale;
+    const sd_real g = (SD_EXP(z[c] - m) * inv - (c == label ? 1.f : 0.f)) * scale;
     dh_row[out.act + c] = g;
     dz_row[out.act + c] = g;
   }
 }
 
 extern "C" __global__ void sd_softmax_xent(const Node* __restrict__ nodes, int out_node,
-                                           const float* act, float* dh, float* dz,
-                                           const int* __restrict__ labels, float* loss_rows,
+                                           const sd_real* act, sd_real* dh, sd_real* dz,
+                                           const int* __restrict__ labels, sd_real* loss_rows,
                                            int* correct_rows, int batch, int row_stride) {
   const int b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
@@ -636,8 +663,8 @@ extern "C" __global__ void sd_softmax_xent(const Node* __restrict__ nodes, int o
 extern "C" __global__ void sd_backward_pull(const Node* __restrict__ nodes,
                                             const int4* __restrict__ succs,
                                             const int* __restrict__ task_nodes, int key,
-                                            const float* __restrict__ weight, const float* act,
-                                            float* dh, float* dz, int batch) {
+                                            const sd_real* __restrict__ weight, const sd_real* act,
+                                            sd_real* dh, sd_real* dz, int batch) {
   const Node nd = nodes[task_nodes[key] + blockIdx.x];
   const int row_stride = task_nodes[0];
   const int b0 = blockIdx.y * SD_BWD_ROWS;
@@ -646,7 +673,7 @@ extern "C" __global__ void sd_backward_pull(const Node* __restrict__ nodes,
     const int b = b0 + it / nd.width, k = it % nd.width;
     if (b >= batch) break;
     const long long r = (long long)b * row_stride;
-    const float g = sd_pull_one(succs, weight, dz + r, nd, k);
+    const sd_real g = sd_pull_one(succs, weight, dz + r, nd, k);
     dh[r + nd.act + k] = g;
     dz[r + nd.act + k] = act[r + nd.act + k] > 0.f ? g : 0.f;
   }
@@ -657,8 +684,8 @@ extern "C" __global__ void sd_backward_pull(const Node* __restrict__ nodes,
 extern "C" __global__ void sd_backward_push(const Node* __restrict__ nodes,
                                             const int* __restrict__ colmap,
                                             int start,
-                                            const float* __restrict__ weight, const float* act,
-                                            float* dh, float* dz, int batch, int row_stride) {
+                                            const sd_real* __restrict__ weight, const sd_real* act,
+                                            sd_real* dh, sd_real* dz, int batch, int row_stride) {
   const Node nd = nodes[start + blockIdx.x];
   const int n_input = nodes[0].width;  // columns [0, n_input) of a row are the network input
   const int b0 = blockIdx.y * SD_BWD_ROWS;
@@ -675,10 +702,10 @@ extern "C" __global__ void sd_backward_push(const Node* __restrict__ nodes,
     const int target = colmap[nd.col_start + c];  // where input column c lives in a row
     if (target < n_input) continue;               // the network input needs no gradient
     const long long r = (long long)b * row_stride;
-    const float* w = weight + nd.w_off + c;
-    const float* d = dz + r + nd.act;
-    float acc = 0.f;
-    for (int o = 0; o < nd.width; ++o) acc = fmaf(d[o], w[(long long)o * nd.fan_in], acc);
+    const sd_real* w = weight + nd.w_off + c;
+    const sd_real* d = dz + r + nd.act;
+    sd_real acc = 0.f;
+    for (int o = 0; o < nd.width; ++o) acc = SD_FMA(d[o], w[(long long)o * nd.fan_in], acc);
     atomicAdd(dh + r + target, acc);
   }
 }
@@ -686,7 +713,7 @@ extern "C" __global__ void sd_backward_push(const Node* __restrict__ nodes,
 // ---------------------------------------------------------------- batch in, logits out
 
 // x is (batch × n_input) row-major; it becomes columns [0, n_input) of each activation row.
-extern "C" __global__ void sd_scatter_input(const float* __restrict__ x, float* act, int batch,
+extern "C" __global__ void sd_scatter_input(const sd_real* __restrict__ x, sd_real* act, int batch,
                                             int n_input, int row_stride) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < (long long)batch * n_input)
@@ -694,7 +721,7 @@ extern "C" __global__ void sd_scatter_input(const float* __restrict__ x, float* 
 }
 
 // The output node's activations (at column out_act of each row) as a (batch × classes) array.
-extern "C" __global__ void sd_gather_output(const float* act, float* out, int out_act,
+extern "C" __global__ void sd_gather_output(const sd_real* act, sd_real* out, int out_act,
                                             int classes, int batch, int row_stride) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < (long long)batch * classes)
@@ -707,16 +734,16 @@ extern "C" __global__ void sd_gather_output(const float* act, float* out, int ou
 // the rows of sd_wgrad_update's staged ds and xs, at this thread's output and first column):
 // one dz load feeds cnt FMAs. cnt == 0: nothing (a thread past the tile's outputs).
 template <int CPT>
-__device__ __forceinline__ void sd_wg_rows(float* acc, const float* d, const float* x, int tp,
+__device__ __forceinline__ void sd_wg_rows(sd_real* acc, const sd_real* d, const sd_real* x, int tp,
                                            int cnt, int nb) {
   if (cnt == 0) return;
 #pragma unroll 4
   for (int r = 0; r < nb; ++r) {
-    const float dv = d[r * 64];
-    const float* xr = x + r * (SD_WG_XCOLS + 1);
+    const sd_real dv = d[r * 64];
+    const sd_real* xr = x + r * (SD_WG_XCOLS + 1);
 #pragma unroll
     for (int m = 0; m < CPT; ++m)
-      if (m < cnt) acc[m] = fmaf(dv, xr[m * tp], acc[m]);
+      if (m < cnt) acc[m] = SD_FMA(dv, xr[m * tp], acc[m]);
   }
 }
 
@@ -732,17 +759,17 @@ __device__ __forceinline__ void sd_wg_rows(float* acc, const float* d, const flo
 // SD_WG_THREADS (both in node.cuh).
 extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     const Node* __restrict__ nodes, const int4* __restrict__ tiles,
-    const int* __restrict__ colmap, float* weight, float* bias, float* weight_mom,
-    float* bias_mom, const float* act, const float* dh, const float* dz,
-    const float* __restrict__ hyper, int batch, int row_stride, float* grad_std,
-    float* act_mean, float* weight_t, int tile0) {
-  __shared__ float xs[SD_WG_ROWCHUNK][SD_WG_XCOLS + 1];  // + 1: no bank conflicts
-  __shared__ float ds[SD_WG_ROWCHUNK][64];
-  __shared__ float dbs[SD_WG_THREADS];
+    const int* __restrict__ colmap, sd_real* weight, sd_real* bias, sd_real* weight_mom,
+    sd_real* bias_mom, const sd_real* act, const sd_real* dh, const sd_real* dz,
+    const sd_real* __restrict__ hyper, int batch, int row_stride, sd_real* grad_std,
+    sd_real* act_mean, sd_real* weight_t, int tile0) {
+  __shared__ sd_real xs[SD_WG_ROWCHUNK][SD_WG_XCOLS + 1];  // + 1: no bank conflicts
+  __shared__ sd_real ds[SD_WG_ROWCHUNK][64];
+  __shared__ sd_real dbs[SD_WG_THREADS];
   __shared__ double red[3][SD_WG_THREADS];
   const int4 t = tiles[tile0 + blockIdx.x];
   const Node nd = nodes[t.x];
-  const float lr = hyper[0], mu = hyper[1], wd = hyper[2];
+  const sd_real lr = hyper[0], mu = hyper[1], wd = hyper[2];
   const int tc = t.z, wdt = nd.width;
   const bool first = t.y == 0, stats = first && t.w >= 0;
   // Each thread stages fixed (row, column) positions of a chunk, stepping rows: no integer
@@ -761,7 +788,7 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
     const int oo = threadIdx.x / tp, c1 = threadIdx.x % tp;
     const int cnt = mine ? (tc - c1 + tp - 1) / tp : 0;
     const int dr = threadIdx.x / no, dc = threadIdx.x % no, dstep = blockDim.x / no;
-    float acc[SD_WG_CPT], dbp = 0.f;
+    sd_real acc[SD_WG_CPT], dbp = 0.f;
 #pragma unroll
     for (int m = 0; m < SD_WG_CPT; ++m) acc[m] = 0.f;
     for (int b0 = 0; b0 < batch; b0 += SD_WG_ROWCHUNK) {
@@ -770,7 +797,7 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
       // SD_WG_STAGE_U rows at a time, every load before any store (see sd_stage).
       if (xr < xstep)
         for (int r0 = xr; r0 < nb; r0 += SD_WG_STAGE_U * xstep) {
-          float v[SD_WG_STAGE_U];
+          sd_real v[SD_WG_STAGE_U];
 #pragma unroll
           for (int u = 0; u < SD_WG_STAGE_U; ++u) {
             const int r = r0 + u * xstep;
@@ -782,7 +809,7 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
         }
       if (dr < dstep)
         for (int r0 = dr; r0 < nb; r0 += SD_WG_STAGE_U * dstep) {
-          float d[SD_WG_STAGE_U], g[SD_WG_STAGE_U], h[SD_WG_STAGE_U];
+          sd_real d[SD_WG_STAGE_U], g[SD_WG_STAGE_U], h[SD_WG_STAGE_U];
 #pragma unroll
           for (int u = 0; u < SD_WG_STAGE_U; ++u) {
             const int r = r0 + u * dstep;
@@ -817,8 +844,8 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
       const int cc = c1 + m * tp;
       if (m >= cnt) break;
       const long long wi = nd.w_off + (long long)(o0 + oo) * nd.fan_in + t.y + cc;
-      const float w = weight[wi];
-      const float v = mu * weight_mom[wi] + (acc[m] + wd * w);
+      const sd_real w = weight[wi];
+      const sd_real v = mu * weight_mom[wi] + (acc[m] + wd * w);
       weight_mom[wi] = v;
       weight[wi] = w - lr * v;
       weight_t[nd.w_off + (long long)(t.y + cc) * wdt + o0 + oo] = w - lr * v;
@@ -827,10 +854,10 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
       dbs[threadIdx.x] = dbp;
       __syncthreads();
       if (threadIdx.x < no) {
-        float db = 0.f;
+        sd_real db = 0.f;
         for (int r = 0; r < dstep; ++r) db += dbs[r * no + threadIdx.x];
         const int bi = nd.b_off + o0 + threadIdx.x;
-        const float v = mu * bias_mom[bi] + db;
+        const sd_real v = mu * bias_mom[bi] + db;
         bias_mom[bi] = v;
         bias[bi] = bias[bi] - lr * v;
       }
@@ -849,8 +876,8 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
   }
   if (threadIdx.x == 0) {
     const double n = (double)batch * wdt, m = red[0][0] / n;
-    grad_std[t.w] = (float)sqrt(fmax(red[1][0] / n - m * m, 0.0));
-    act_mean[t.w] = (float)(red[2][0] / n);
+    grad_std[t.w] = (sd_real)sqrt(fmax(red[1][0] / n - m * m, 0.0));
+    act_mean[t.w] = (sd_real)(red[2][0] / n);
   }
 }
 
@@ -858,8 +885,8 @@ extern "C" __global__ void __launch_bounds__(SD_WG_THREADS) sd_wgrad_update(
 // dataflow forward reads; sd_wgrad_update keeps it current, this rebuilds it after a
 // mutation or an upload.  [grid n_nodes - 1 (node 1 + blockIdx.x), block 256]
 extern "C" __global__ void sd_transpose_weights(const Node* __restrict__ nodes,
-                                                const float* __restrict__ weight,
-                                                float* weight_t) {
+                                                const sd_real* __restrict__ weight,
+                                                sd_real* weight_t) {
   const Node nd = nodes[1 + blockIdx.x];
   for (int i = threadIdx.x; i < nd.width * nd.fan_in; i += blockDim.x) {
     const int o = i / nd.fan_in, c = i % nd.fan_in;
@@ -867,8 +894,8 @@ extern "C" __global__ void sd_transpose_weights(const Node* __restrict__ nodes,
   }
 }
 
-extern "C" __global__ void sd_reduce_loss(const float* loss_rows, const int* correct_rows,
-                                          int batch, float* out_loss, int* out_correct) {
+extern "C" __global__ void sd_reduce_loss(const sd_real* loss_rows, const int* correct_rows,
+                                          int batch, sd_real* out_loss, int* out_correct) {
   __shared__ double ls[256];
   __shared__ int cs[256];
   double l = 0.0;
@@ -881,8 +908,10 @@ extern "C" __global__ void sd_reduce_loss(const float* loss_rows, const int* cor
     if (threadIdx.x < w) { ls[threadIdx.x] += ls[threadIdx.x + w]; cs[threadIdx.x] += cs[threadIdx.x + w]; }
     __syncthreads();
   }
-  if (threadIdx.x == 0) { *out_loss = (float)(ls[0] / batch); *out_correct = cs[0]; }
+  if (threadIdx.x == 0) { *out_loss = (sd_real)(ls[0] / batch); *out_correct = cs[0]; }
 }
+
+#ifndef SD_F64  // the persistent step: float32 only
 
 // ---------------------------------------------------------------- the whole DAG per row slice
 
@@ -1250,3 +1279,5 @@ extern "C" __global__ void __launch_bounds__(SD_STEP_THREADS) sd_step_flow(
     }
   }
 }
+
+#endif  // SD_F64
