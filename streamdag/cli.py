@@ -82,6 +82,12 @@ def _add_train_parser(sub: Any) -> None:
                    help="how the cuda backend runs a step: auto picks persistent or graph by "
                         "the network's shape and by whether it is growing (see "
                         "docs/cuda-backend.md)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="parameters and arithmetic (default: float32; with --resume, the "
+                        "checkpoint's). float64 grows the same structure on every backend "
+                        "(float32 runs part after a few hundred steps: rounding differences "
+                        "grow until a growth decision flips); the cuda backend then runs "
+                        "its streams mode")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training set (default: {d.epochs}; with --resume, "
                         "the checkpoint's)")
@@ -139,7 +145,7 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         init_width=a.init_width, max_groups=a.max_groups, growth=not a.no_growth,
         threshold=a.threshold, every=a.grow_every, cooldown=a.cooldown, kind=a.growth_kind,
         depth_fraction=a.depth_fraction, noise=a.noise, prune_below=a.prune_below,
-        checkpoint_every=a.checkpoint_every)
+        checkpoint_every=a.checkpoint_every, dtype=a.dtype or "float32")
 
 
 def _run_train(a: argparse.Namespace) -> int:
@@ -148,7 +154,6 @@ def _run_train(a: argparse.Namespace) -> int:
     from .train import CHECKPOINT_NAME, Trainer
 
     log = structlog.get_logger("streamdag.cli")
-    backend = get_backend(a.backend, cuda_mode=a.cuda_mode)
     if a.resume is not None:
         ck = a.resume / CHECKPOINT_NAME if a.resume.is_dir() else a.resume
         from .checkpoint import load_checkpoint
@@ -156,6 +161,11 @@ def _run_train(a: argparse.Namespace) -> int:
         if a.out is not None:
             _check_out_dir(a.out, allow=ck)
         state = load_checkpoint(ck).state
+        dtype = str(state.get("config", {}).get("dtype", "float32"))
+        if a.dtype is not None and a.dtype != dtype:
+            raise ConfigError(f"--dtype {a.dtype}: the checkpoint's run trains {dtype} "
+                              "(a run keeps its dtype)")
+        backend = get_backend(a.backend, cuda_mode=a.cuda_mode, dtype=dtype)
         ds_name = a.dataset or state.get("dataset", "digits")
         ds = load_dataset(ds_name, seed=int(state.get("config", {}).get("seed", a.seed)))
         trainer = Trainer.resume(ck, ds, backend=backend, out_dir=a.out, epochs=a.epochs)
@@ -166,6 +176,7 @@ def _run_train(a: argparse.Namespace) -> int:
         out = a.out or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         _check_out_dir(out)
         config = _config_from_args(a)
+        backend = get_backend(a.backend, cuda_mode=a.cuda_mode, dtype=config.dtype)
         ds = load_dataset(dataset, seed=a.seed)
         trainer = Trainer(ds, config, backend=backend, out_dir=out)
     log.info("training", dataset=ds.name, backend=backend.name, out=str(trainer.out_dir),

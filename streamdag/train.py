@@ -70,6 +70,11 @@ class TrainConfig:
         threshold, every, cooldown, kind, depth_fraction, prune_below: the growth policy.
         noise: symmetry-breaking noise of width duplications (relative std; 0 = exact).
         checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
+        dtype: ``"float32"`` (default) or ``"float64"``, the parameters and the arithmetic.
+            float64 makes a run's grown structure independent of the order a backend sums
+            in (float32 training amplifies one rounding difference until a growth decision
+            flips: docs/cuda-backend.md, "Digits"); the cuda backend then runs its
+            ``streams`` mode.
     """
 
     epochs: int = 40
@@ -92,6 +97,7 @@ class TrainConfig:
     prune_below: float | None = GrowthPolicy.prune_below
     noise: float = 0.01
     checkpoint_every: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -104,6 +110,7 @@ class TrainConfig:
             (self.init_groups >= 1, "init_groups must be >= 1"),
             (self.noise >= 0, "noise must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.dtype in ("float32", "float64"), "dtype must be float32 or float64"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -194,7 +201,10 @@ class Trainer:
     ) -> None:
         self.config = config or TrainConfig()
         self.dataset = dataset
-        self.backend = backend or ReferenceBackend()
+        self.backend = backend or ReferenceBackend(dtype=self.config.dtype)
+        if not self.backend.trains(np.dtype(self.config.dtype)):
+            raise ConfigError(f"the {self.backend.name} backend does not train "
+                              f"{self.config.dtype} parameters (the config's dtype)")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])
         c = self.config
@@ -202,7 +212,7 @@ class Trainer:
         self.graph = NetworkGraph.chain(n_inputs=dataset.n_features, n_classes=dataset.n_classes,
                                         widths=[c.init_width] * c.init_groups,
                                         max_groups=c.max_groups)
-        self.params = ParamStore.initialize(self.graph, self.rng)
+        self.params = ParamStore.initialize(self.graph, self.rng, dtype=c.dtype)
         self.policy = c.policy()
         self.queue = MutationQueue()
         self.counters = _Counters()
@@ -247,8 +257,9 @@ class Trainer:
         self = cls(dataset, config, backend=backend,
                    out_dir=out_dir if out_dir is not None else file.parent, callbacks=callbacks)
         self.graph, self.params = ck.graph, ck.params.copy()
-        if self.params.dtype != np.dtype(np.float32):
-            raise CheckpointError(f"{file}: parameters are {self.params.dtype}, expected float32")
+        if self.params.dtype != np.dtype(config.dtype):
+            raise CheckpointError(f"{file}: parameters are {self.params.dtype}, the config "
+                                  f"says {config.dtype}")
         try:
             self.rng.bit_generator.state = rng_state
             self.policy.load_state_dict(policy_state)

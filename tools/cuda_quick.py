@@ -2,6 +2,7 @@
 device memory. Not the benchmark (``streamdag bench`` is); a development probe.
 
     python tools/cuda_quick.py S M L
+    python tools/cuda_quick.py --float64 S M    # the modes with float64 kernels, in float64
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from streamdag.backends.cuda import CudaBackend
 from streamdag.bench.dagbench import build_workload, mutation_batch, resolve_spec
 from streamdag.mutation import apply_mutations
+from streamdag.params import ParamStore
 
 
 def phases(b: CudaBackend, g, p, x, y, reps: int = 20) -> str:
@@ -60,24 +62,34 @@ def task_trace(b: CudaBackend, g, p, x, y) -> str:
     return "; ".join(out)
 
 
-def main(presets: list[str]) -> None:
+def in_dtype(p: ParamStore, dtype: type) -> ParamStore:
+    """A copy of ``p`` with its values in ``dtype``."""
+    return ParamStore.from_state_dict({k: v.astype(dtype) if v.dtype.kind == "f" else v
+                                       for k, v in p.state_dict().items()})
+
+
+def main(presets: list[str], dtype: type = np.float32) -> None:
+    f64 = dtype is np.float64
     for preset in presets:
         work = build_workload(resolve_spec(preset))
         print(f"== {preset}: {len(work.graph)} groups, {work.n_levels} levels, "
-              f"batch {len(work.y)}", flush=True)
+              f"batch {len(work.y)}, {np.dtype(dtype)}", flush=True)
         ref = None
         for mode, bwd, rows, flow, threads in [("persistent", "pull", None, True, 512),
                                                ("persistent", "pull", None, False, 512),
                                                ("graph", "pull", None, True, 512),
                                                ("graph", "push", None, True, 512),
-                                               ("streams", "pull", None, True, 512)]:
-            g, p = work.graph.copy(), work.params.copy()
+                                               ("streams", "pull", None, True, 512),
+                                               ("streams-graph", "pull", None, True, 512)]:
+            if (f64 and not mode.startswith("streams")) or (not f64 and mode == "streams-graph"):
+                continue  # float64: only the streams modes can; float32: one is enough
+            g, p = work.graph.copy(), in_dtype(work.params, dtype)
             b = CudaBackend(mode=mode, backward=bwd, rows_per_block=rows, dataflow=flow,
-                            step_threads=threads)
+                            step_threads=threads, dtype=dtype)
             losses = [b.step(g, p, work.x, work.y, lr=0.01).loss for _ in range(3)]
             if ref is None:
                 ref = losses
-            n = (30 if preset != "L" else 10) if mode != "streams" else 3
+            n = (30 if preset != "L" else 10) if not mode.startswith("streams") else 3
             times = []
             for _ in range(n):
                 t0 = time.perf_counter()
@@ -115,4 +127,6 @@ def main(presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["S", "M"])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--float64"] or ["S", "M"],
+         np.float64 if "--float64" in args else np.float32)

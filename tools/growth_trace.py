@@ -1,16 +1,18 @@
 """Trace the growth decisions of a digits training run (a development probe).
 
-Usage: ``python3 tools/growth_trace.py BACKEND [ULPS]`` trains ``streamdag train --dataset
-digits --backend BACKEND`` (the README's run) in a temporary folder and prints, at every
-step where the policy proposed mutations, the training loss and the mutations. With ULPS
-> 0, weights 20..39 of the initial weight arena (input columns of the first group, pixels
-that are not always zero) are first moved up by that many float32 ulps: how far a rounding
--sized difference carries. Compare two runs' output with ``diff``.
+Usage: ``python3 tools/growth_trace.py BACKEND [ULPS [DTYPE]]`` trains ``streamdag train
+--dataset digits --backend BACKEND --dtype DTYPE`` (the README's run; DTYPE float32 by
+default) in a temporary folder and prints, at every step where the policy proposed
+mutations, the training loss and the mutations. With ULPS > 0, weights 20..39 of the initial
+weight arena (input columns of the first group, pixels that are not always zero) are first
+moved up by that many ulps of DTYPE: how far a rounding-sized difference carries. Compare two
+runs' output with ``diff``.
 
 What it showed (2026-11-24; docs/cuda-backend.md): the reference with a one-ulp change
 diverges from the unchanged reference as the CUDA backend does (losses 1e-7 apart until
 step ~150, 1e-4 by step 219, 10% from step ~300) and makes a different 47th mutation, as
-the CUDA backend does.
+the CUDA backend does. In float64 (2026-11-25) the one-ulp change leaves every mutation as
+it was: the losses are 1e-14 apart at step 219 and 1e-8 at the last mutation (step 429).
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ import streamdag.train as train
 from streamdag.cli import main as cli_main
 
 
-def main(backend: str, ulps: int = 0) -> int:
+def main(backend: str, ulps: int = 0, dtype: str = "float32") -> int:
     initialize = params.ParamStore.initialize.__func__  # type: ignore[attr-defined]
 
     def perturbed(cls: Any, *args: Any, **kwargs: Any) -> Any:
         p = initialize(cls, *args, **kwargs)
         w = p.arenas()["weight"]
         for _ in range(ulps):
-            w[20:40] = np.nextafter(w[20:40], np.float32(np.inf))
+            w[20:40] = np.nextafter(w[20:40], w.dtype.type(np.inf))
         return p
 
     propose = growth.GrowthPolicy.propose
@@ -58,9 +60,10 @@ def main(backend: str, ulps: int = 0) -> int:
     train.Trainer._apply_queue = traced_apply  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as out:
         return cli_main(["--log-level", "warning", "train", "--dataset", "digits", "--backend",
-                         backend, "--no-progress", "--out", out])
+                         backend, "--dtype", dtype, "--no-progress", "--out", out])
 
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "reference",
-                  int(sys.argv[2]) if len(sys.argv) > 2 else 0))
+                  int(sys.argv[2]) if len(sys.argv) > 2 else 0,
+                  sys.argv[3] if len(sys.argv) > 3 else "float32"))

@@ -34,12 +34,15 @@ def backend_status() -> dict[str, str | None]:
     return {"reference": None, "cuda": _cuda_unavailable_reason()}
 
 
-def get_backend(name: str = "auto", *, cuda_mode: str | None = None) -> Backend:
+def get_backend(name: str = "auto", *, cuda_mode: str | None = None,
+                dtype: str = "float32") -> Backend:
     """A backend by name: ``"auto"``, ``"reference"`` or ``"cuda"``.
 
     Args:
         cuda_mode: the ``mode`` of the cuda backend (default: its own, ``"auto"``); ignored
             where ``name="auto"`` falls back to the reference.
+        dtype: the parameters' dtype, ``"float32"`` or ``"float64"`` (the cuda backend
+            trains float64 in its ``streams`` modes only; its ``auto`` mode runs ``streams``).
 
     Raises:
         BackendError: ``cuda`` was asked for and cannot run here (the message says why).
@@ -52,16 +55,17 @@ def get_backend(name: str = "auto", *, cuda_mode: str | None = None) -> Backend:
             raise ConfigError(f"unknown cuda mode {cuda_mode!r}: use one of {', '.join(MODES)}")
         if name == "reference" and cuda_mode != "auto":
             raise ConfigError(f"a cuda mode ({cuda_mode!r}) was given for the reference backend")
+    if dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
     if name == "reference":
-        return ReferenceBackend()
+        return ReferenceBackend(dtype=dtype)
     if name in ("cuda", "auto"):
         reason = _cuda_unavailable_reason()
         if reason is None:
             module = importlib.import_module("streamdag.backends.cuda")
-            backend: Backend = (module.CudaBackend() if cuda_mode is None
-                                else module.CudaBackend(mode=cuda_mode))
+            backend: Backend = module.CudaBackend(mode=cuda_mode or "auto", dtype=dtype)
             return backend
         if name == "cuda":
             raise BackendError(f"the cuda backend cannot run here: {reason}")
-        return ReferenceBackend()
+        return ReferenceBackend(dtype=dtype)
     raise ConfigError(f"unknown backend {name!r}: use auto, {', '.join(BACKENDS)}")

@@ -132,3 +132,7 @@ class Backend(ABC):
 
     def sync_params(self, params: ParamStore) -> None:  # noqa: B027 - optional hook
         """Bring the host ``params`` up to date (no-op for host backends)."""
+
+    def trains(self, dtype: np.dtype) -> bool:
+        """Whether this backend trains parameters of ``dtype`` (host backends: any float)."""
+        return True

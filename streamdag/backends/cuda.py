@@ -78,6 +78,15 @@ A step is a handful of launches whose shape depends on ``mode``:
 
 Kernels and their reference functions are listed in ``kernels/network.cu``.
 
+float64. ``CudaBackend(dtype=np.float64)`` trains float64 parameters with the float64 build
+of the kernels the ``streams`` modes run (``kernels/network64.cu``, ``growth64.cu``: the
+same source with ``sd_real = double``); the tiled level kernels and the persistent step are
+float32 only, so ``auto`` runs ``streams`` and the other modes are refused. Buffers are
+sized by the element (``_esize``); a float64 prediction runs the forward one level slice a
+launch (``_launch_forward_levels``). It exists for runs whose grown structure must not
+depend on the backend: float32 training amplifies a rounding difference until a growth
+decision flips (docs/cuda-backend.md, "Digits").
+
 Growing. A mutation batch is applied to the host store without downloading it first: the
 backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
 (``kernels/growth.cu``: zeroed slots, strided column copies, identities, relative noise),
@@ -120,11 +129,14 @@ from .tables import MAX_INT32, WG_THREADS, NetTables, TableInputs, TableShape, w
 __all__ = ["MODES", "CudaBackend", "DeviceStepResult", "NetTables", "auto_mode", "tile_rows",
            "unavailable_reason"]
 
-_F32 = np.dtype(np.float32)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 MODES = ("auto", "persistent", "fused", "graph", "streams", "streams-graph")
 BACKWARDS = ("pull", "push")
 KERNEL_FILE = "network.cu"
+KERNEL_FILE_F64 = "network64.cu"  # network.cu in float64: the streams modes' kernels
+GROWTH_FILE, GROWTH_FILE_F64 = "growth.cu", "growth64.cu"
+F64_MODES = ("streams", "streams-graph")  # the modes float64 parameters can train in
 FWD_ROWS = 8      # SD_FWD_ROWS
 BWD_ROWS = 8      # SD_BWD_ROWS
 LEVEL_THREADS = 128
@@ -353,6 +365,11 @@ class CudaBackend(Backend):
         dataflow: in ``persistent`` mode, let each group wait only for its own inputs
             (per-node flags in shared memory: up to ~55k nodes on an H100) instead of for
             the whole previous level.
+        dtype: ``np.float32`` (default) or ``np.float64``, the parameters' dtype (see
+            :class:`~streamdag.params.ParamStore`). float64 trains in the ``streams``
+            modes only (``auto`` runs ``streams``): for runs whose grown structure must not
+            depend on the order a sum is taken in (float32 training amplifies a rounding
+            difference until a growth decision flips; see docs/cuda-backend.md).
 
     Raises:
         BackendError: no usable GPU, or a kernel failed to compile (with NVRTC's log).
@@ -363,9 +380,22 @@ class CudaBackend(Backend):
 
     def __init__(self, *, mode: str = "auto", backward: str = "pull", device: int = 0,
                  rows_per_block: int | None = None, dataflow: bool = True,
-                 step_threads: int = STEP_THREADS, streams: int = 4) -> None:
+                 step_threads: int = STEP_THREADS, streams: int = 4,
+                 dtype: Any = np.float32) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown cuda mode {mode!r}: use one of {', '.join(MODES)}")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
+        f64 = self.dtype == np.float64
+        if f64 and mode == "auto":
+            mode = "streams"
+        if f64 and mode not in F64_MODES:
+            raise ConfigError(f"float64 parameters train in the streams modes only "
+                              f"({', '.join(F64_MODES)} or auto), not {mode}")
         if backward not in BACKWARDS:
             raise ConfigError(f"backward must be pull or push, got {backward!r}")
         if backward == "push" and mode in ("auto", "persistent", "streams", "streams-graph"):
@@ -375,7 +405,8 @@ class CudaBackend(Backend):
         self.mode, self.backward = mode, backward
         # the mode a step runs: ``mode`` itself, or auto's choice for the current tables
         self.active_mode = "persistent" if mode == "auto" else mode
-        self.name = f"cuda-{mode}" + ("-push" if backward == "push" else "")
+        self.name = f"cuda-{mode}" + ("-push" if backward == "push" else "") + (
+            "-float64" if f64 else "")
         self._drv = driver
         self.gpu = driver.Gpu(device)
         self.stream = self.gpu.stream()
@@ -383,20 +414,22 @@ class CudaBackend(Backend):
             raise ConfigError(f"step_threads must be 256, 512 or 1024, got {step_threads}")
         self._step_threads = step_threads
         self._streams = streams
-        module = kernels.load(KERNEL_FILE, self.gpu, defines=[f"SD_STEP_THREADS={step_threads}"])
+        # the element's size and the kernels' build (float64: network64.cu, growth64.cu)
+        self._esize = self.dtype.itemsize
+        self._kernel_file = KERNEL_FILE_F64 if f64 else KERNEL_FILE
+        module = kernels.load(self._kernel_file, self.gpu,
+                              defines=[] if f64 else [f"SD_STEP_THREADS={step_threads}"])
         self._k = {n: self.gpu.kernel(module, n) for n in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_backward_push",
-            "sd_forward_tiled", "sd_splitk_finish", "sd_backward_tiled",
-            "sd_forward_tiled_many", "sd_backward_tiled_many", "sd_forward_tiled_wide",
-            "sd_backward_tiled_wide",
-            "sd_wgrad_update", "sd_reduce_loss", "sd_step_rows", "sd_step_flow",
-            "sd_transpose_weights",
-            "sd_scatter_input",
-            "sd_gather_output")}
+            "sd_wgrad_update", "sd_reduce_loss", "sd_transpose_weights", "sd_scatter_input",
+            "sd_gather_output", *(() if f64 else (
+                "sd_forward_tiled", "sd_splitk_finish", "sd_backward_tiled",
+                "sd_forward_tiled_many", "sd_backward_tiled_many", "sd_forward_tiled_wide",
+                "sd_backward_tiled_wide", "sd_step_rows", "sd_step_flow")))}
         tables = kernels.load("tables.cu", self.gpu)
         self._tk = {n: self.gpu.kernel(tables, n) for n in (
             "sd_tab_nodes", "sd_tab_edges", "sd_tab_scan", "sd_tab_fill", "sd_tab_sort")}
-        growth = kernels.load("growth.cu", self.gpu)
+        growth = kernels.load(GROWTH_FILE_F64 if f64 else GROWTH_FILE, self.gpu)
         self._gk = {n: self.gpu.kernel(growth, n) for n in (
             "sd_copy2d", "sd_move_slots", "sd_replay", "sd_ema_update", "sd_ema_remap",
             "sd_ema_select")}
@@ -487,14 +520,17 @@ class CudaBackend(Backend):
             raise DataError(f"expected inputs of shape (n, {graph.n_inputs}), got {x.shape}")
         batch = self._prepare(graph, params, x, None)
         self._refresh_weight_t()
-        self._launch_persistent(batch, forward_only=True)
+        if self.dtype == np.float64:
+            self._launch_forward_levels(batch)
+        else:
+            self._launch_persistent(batch, forward_only=True)
         t = self._tables
         assert t is not None
-        out = self._buf("logits", batch * graph.n_classes * 4)
+        out = self._buf("logits", batch * graph.n_classes * self._esize)
         self._launch(self._k["sd_gather_output"], (math.ceil(batch * graph.n_classes / 256),),
                      (256,), 0, self._b("act"), out, np.int32(t.out_act),
                      np.int32(graph.n_classes), np.int32(batch), np.int32(t.row_stride))
-        logits = np.empty((batch, graph.n_classes), np.float32)
+        logits = np.empty((batch, graph.n_classes), self.dtype)
         self.gpu.download_range(out, 0, logits, stream=self.stream)
         self._generation += 1
         return logits
@@ -532,6 +568,9 @@ class CudaBackend(Backend):
         ``auto`` mode chooses by, with the network's shape: :func:`auto_mode`)."""
         return self._since_batch is not None and self._since_batch < AUTO_QUIET_STEPS
 
+    def trains(self, dtype: np.dtype) -> bool:
+        return np.dtype(dtype) == self.dtype
+
     def synchronize(self) -> None:
         """Wait until every step issued so far has finished on the device."""
         self.stream.sync()
@@ -553,14 +592,15 @@ class CudaBackend(Backend):
         if t is not None and p is not None:
             n_w = sum(p.slot(n).w_size for n in p.nodes())
             n_b = sum(p.slot(n).rows for n in p.nodes())
-            need = 4 * (2 * (n_w + n_b) + 3 * self._last_batch * t.row_stride)
+            need = self._esize * (2 * (n_w + n_b) + 3 * self._last_batch * t.row_stride)
         return {**held, "total": sum(held.values()), "needed": need}
 
     # ------------------------------------------------------------------ preparation
     def _prepare(self, graph: NetworkGraph, params: ParamStore, x: np.ndarray,
                  y: np.ndarray | None) -> int:
-        if params.dtype != _F32:
-            raise ConfigError(f"the cuda backend trains float32 parameters, got {params.dtype}")
+        if params.dtype != self.dtype:
+            raise ConfigError(f"this cuda backend trains {self.dtype} parameters, got "
+                              f"{params.dtype} (CudaBackend(dtype=...) chooses)")
         if (self._tables is None or self._params is not params or self._graph is not graph
                 or self._graph_n != (graph.version, params.moved_version)):
             self._rebuild(graph, params)
@@ -587,7 +627,7 @@ class CudaBackend(Backend):
                 key[4][0] is held[0] and key[4][1] is held[1] and key[0] == (x.shape, x.dtype)
                 and key[2] == (y.shape, y.dtype) and key[1] == x.tobytes()
                 and key[3] == y.tobytes()):
-            self._upload_batch(np.ascontiguousarray(x, dtype=np.float32), y)
+            self._upload_batch(np.ascontiguousarray(x, dtype=self.dtype), y)
             self._batch_key = None if y is None else (
                 (x.shape, x.dtype), x.tobytes(), (y.shape, y.dtype), y.tobytes(), held)
         elif self._scattered != self._structure:  # same batch, on the device already
@@ -637,8 +677,8 @@ class CudaBackend(Backend):
         if self.mode == "auto":
             self.active_mode = (auto_mode(t, growing=self.growing) if t.by_level
                                 else "persistent")
-        self._buf("grad_std", 4 * max(len(t.group_ids), 1))
-        self._buf("act_mean", 4 * max(len(t.group_ids), 1))
+        self._buf("grad_std", self._esize * max(len(t.group_ids), 1))
+        self._buf("act_mean", self._esize * max(len(t.group_ids), 1))
         self._scattered = -1  # the input columns move with the row stride
         if self._batch_capacity:
             self._ensure_batch(self._batch_capacity)
@@ -742,7 +782,7 @@ class CudaBackend(Backend):
 
         def stage(v: np.ndarray) -> int:  # float offset of host values in the staging buffer
             nonlocal top
-            a = np.ascontiguousarray(v, dtype=np.float32).ravel()
+            a = np.ascontiguousarray(v, dtype=self.dtype).ravel()
             staged.append(a)
             top += a.size
             return top - a.size
@@ -830,7 +870,7 @@ class CudaBackend(Backend):
                  if self._b(kind).size < arr.nbytes}
         if grown:
             self._replace_arenas(grown, lambda kind, new, old: self._copy2d(
-                new, old, 0, 0, 0, 0, 1, old.size // 4))
+                new, old, 0, 0, 0, 0, 1, old.size // self._esize))
         self._layout = (id(params), params.layout_version)
 
     def _replace_arenas(self, sizes: Mapping[str, int],
@@ -870,7 +910,7 @@ class CudaBackend(Backend):
         i32 = np.int32
         self._launch(self._gk["sd_copy2d"], (self._blocks(rows * ncols),), (256,), 0, dst, src,
                      i32(dst_off), i32(dst_stride), i32(src_off), i32(src_stride), i32(rows),
-                     i32(ncols), np.float32(scale), i32(accumulate))
+                     i32(ncols), self.dtype.type(scale), i32(accumulate))
 
     # ------------------------------------------------------------------ growth scores
     def track_scores(self, decays: tuple[float, float], grad_std: Mapping[int, float],
@@ -988,21 +1028,21 @@ class CudaBackend(Backend):
         if need > self._act_capacity or batch > self._batch_capacity:
             cap = max(need, int(self._act_capacity * 1.25))
             for name in ("act", "dh", "dz"):
-                self._buf(name, 4 * cap, exact=True)
+                self._buf(name, self._esize * cap, exact=True)
             self._scattered = -1
             self._act_capacity = cap
             bcap = max(batch, self._batch_capacity)
             self._buf("labels", 4 * bcap, exact=True)
-            self._buf("loss_rows", 4 * bcap, exact=True)
+            self._buf("loss_rows", self._esize * bcap, exact=True)
             self._buf("correct_rows", 4 * bcap, exact=True)
-            self._buf("x", 4 * bcap * t.n_inputs, exact=True)
+            self._buf("x", self._esize * bcap * t.n_inputs, exact=True)
             self._batch_capacity = bcap
             self._graph_key = None
-        if "x" not in self._bufs or self._bufs["x"].size < 4 * batch * t.n_inputs:
-            self._buf("x", 4 * self._batch_capacity * t.n_inputs, exact=True)
-        self._buf("loss", 4)
+        if "x" not in self._bufs or self._bufs["x"].size < self._esize * batch * t.n_inputs:
+            self._buf("x", self._esize * self._batch_capacity * t.n_inputs, exact=True)
+        self._buf("loss", self._esize)
         self._buf("correct", 4)
-        self._buf("hyper", 16)
+        self._buf("hyper", 4 * self._esize)
 
     def _upload_batch(self, x: np.ndarray, y: np.ndarray | None) -> None:
         t = self._tables
@@ -1029,7 +1069,7 @@ class CudaBackend(Backend):
         h = (float(lr), float(momentum), float(weight_decay))
         if h != self._hyper:
             self.gpu.upload_range(self._b("hyper"), 0,
-                                  np.array([*h, 0.0], dtype=np.float32), stream=self.stream)
+                                  np.array([*h, 0.0], dtype=self.dtype), stream=self.stream)
             self._hyper = h
 
     # ------------------------------------------------------------------ launches
@@ -1051,6 +1091,21 @@ class CudaBackend(Backend):
         launch, stream = self._drv.launch, self.stream
         for kernel, cfg, args in launches:
             launch(stream, cfg, kernel, args)
+
+    def _launch_forward_levels(self, batch: int) -> None:
+        """The forward alone, one ``sd_forward`` launch per level of the host tables (a
+        float64 backend's predict: the persistent step is float32 only). ``level_nodes``
+        is ``sd_forward``'s key table: the row stride, then each level's first node."""
+        t = self._tables
+        assert t is not None and t.by_level
+        ls = t.level_start
+        self._put("level_nodes", np.concatenate([[t.row_stride], ls[1:-1]]).astype(np.int32))
+        i32, rows = np.int32, math.ceil(batch / FWD_ROWS)
+        for level in range(1, t.n_levels):  # the groups' levels, then the output's
+            self._launch(self._k["sd_forward"], (int(ls[level + 1] - ls[level]), rows),
+                         (LEVEL_THREADS,), 0, self._b("nodes"), self._b("colmap"),
+                         self._b("level_nodes"), i32(level), self._b("weight"),
+                         self._b("bias"), self._b("act"), i32(batch))
 
     #: the buffers the persistent step's launches name ("trace" only while a probe set it)
     _STEP_BUFFERS = ("nodes", "preds", "colmap", "succs", "succ_node", "level_start", "weight",
@@ -1276,7 +1331,7 @@ class CudaBackend(Backend):
 
         t, keys = self._host_tables, self._stream_keys
         assert t is not None and keys is not None
-        spec = {name: KernelSpec.from_source(KERNEL_FILE, name) for name in (
+        spec = {name: KernelSpec.from_source(self._kernel_file, name) for name in (
             "sd_forward", "sd_softmax_xent", "sd_backward_pull", "sd_wgrad_update",
             "sd_reduce_loss")}
         i32 = np.int32
@@ -1388,7 +1443,7 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------------ reading back
     def _read_loss(self) -> tuple[float, int]:
-        loss = np.empty(1, np.float32)
+        loss = np.empty(1, self.dtype)
         correct = np.empty(1, np.int32)
         self.gpu.download_range(self._b("loss"), 0, loss, stream=self.stream)
         self.gpu.download_range(self._b("correct"), 0, correct, stream=self.stream)
@@ -1398,8 +1453,8 @@ class CudaBackend(Backend):
         t = self._tables
         assert t is not None
         n = len(t.group_ids)
-        std = np.empty(n, np.float32)
-        act = np.empty(n, np.float32)
+        std = np.empty(n, self.dtype)
+        act = np.empty(n, self.dtype)
         self.gpu.download_range(self._b("grad_std"), 0, std, stream=self.stream)
         self.gpu.download_range(self._b("act_mean"), 0, act, stream=self.stream)
         return GroupStats(t.group_ids.astype(np.int64), std.astype(np.float64),

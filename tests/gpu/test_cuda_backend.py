@@ -28,12 +28,12 @@ MODES = [("persistent", "pull"), ("levels", "pull"), ("fused", "pull"), ("fused"
          ("graph", "pull"), ("streams", "pull"), ("streams-graph", "pull"), ("auto", "pull")]
 
 
-def make_backend(mode: str, backward: str) -> Any:
+def make_backend(mode: str, backward: str, dtype: Any = np.float32) -> Any:
     from streamdag.backends.cuda import CudaBackend
 
     if mode == "levels":
-        return CudaBackend(mode="persistent", backward=backward, dataflow=False)
-    return CudaBackend(mode=mode, backward=backward)
+        return CudaBackend(mode="persistent", backward=backward, dataflow=False, dtype=dtype)
+    return CudaBackend(mode=mode, backward=backward, dtype=dtype)
 
 
 def random_dag(rng: np.random.Generator, n: int, *, wmin: int = 4, wmax: int = 64,
@@ -75,31 +75,39 @@ def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps:
              batch: int = 64, lr: float = 0.02, momentum: float = 0.9,
              mutate_at: tuple[int, ...] = (), rtol: float = 1e-4,
              mutations: list[Mutation] | None = None,
-             on_step: Callable[[Any, int], None] | None = None) -> None:
+             on_step: Callable[[Any, int], None] | None = None,
+             dtype: Any = np.float32) -> None:
     """Train the reference and the GPU backend side by side; ``mutations``: the batch
     applied at each step of ``mutate_at`` (default: three random ones); ``on_step(backend,
-    step)``: called after each GPU step."""
+    step)``: called after each GPU step; ``dtype``: the parameters' (float64: every bound
+    is ``rtol`` and an absolute ``rtol / 10``)."""
     rng = np.random.default_rng(seed)
-    params = ParamStore.initialize(graph, rng)
+    params = ParamStore.initialize(graph, rng, dtype=dtype)
     g_ref, p_ref = graph.copy(), params.copy()
     g_gpu, p_gpu = graph.copy(), params.copy()
-    ref, gpu = ReferenceBackend(), make_backend(mode, backward)
+    ref, gpu = ReferenceBackend(dtype=dtype), make_backend(mode, backward, dtype)
+    f64 = np.dtype(dtype) == np.float64
+    # float32: bounds for the rounding of sums taken in another order (see below)
+    tol = {k: (rtol, rtol / 10) for k in ("loss", "std", "act", "param", "mom")} if f64 else {
+        "loss": (rtol, 1e-6), "std": (1e-2, 1e-7), "act": (1e-3, 1e-6), "param": (rtol, 1e-5),
+        "mom": (1e-3, 3e-5)}
     for step in range(steps):
-        x = rng.standard_normal((batch, graph.n_inputs)).astype(np.float32)
+        x = rng.standard_normal((batch, graph.n_inputs)).astype(dtype)
         y = rng.integers(0, graph.n_classes, batch)
         r = ref.step(g_ref, p_ref, x, y, lr=lr, momentum=momentum, weight_decay=1e-3)
         d = gpu.step(g_gpu, p_gpu, x, y, lr=lr, momentum=momentum, weight_decay=1e-3)
         if on_step is not None:
             on_step(gpu, step)
-        assert abs(d.loss - r.loss) <= rtol * abs(r.loss) + 1e-6, (step, d.loss, r.loss)
+        assert abs(d.loss - r.loss) <= tol["loss"][0] * abs(r.loss) + tol["loss"][1], (
+            step, d.loss, r.loss)
         assert d.correct == r.correct or abs(d.correct - r.correct) <= 1
         assert np.array_equal(d.stats.group_ids, r.stats.group_ids)
         # std(dh) sums squares of small, cancelling terms: after a noisy width duplication
         # the float32 and float64 references can differ by ~1e-3 relative (seed 12, lr 0.05)
-        assert_close(f"grad_std step {step}", d.stats.grad_std, r.stats.grad_std, rtol=1e-2,
-                     atol=1e-7)
-        assert_close(f"act_mean step {step}", d.stats.act_mean, r.stats.act_mean, rtol=1e-3,
-                     atol=1e-6)
+        assert_close(f"grad_std step {step}", d.stats.grad_std, r.stats.grad_std,
+                     rtol=tol["std"][0], atol=tol["std"][1])
+        assert_close(f"act_mean step {step}", d.stats.act_mean, r.stats.act_mean,
+                     rtol=tol["act"][0], atol=tol["act"][1])
         if step in mutate_at:
             # no sync first: the device replays the batch on its own (newer) values
             muts = random_mutations(g_ref, rng, 3) if mutations is None else mutations
@@ -117,12 +125,12 @@ def run_both(mode: str, backward: str, graph: NetworkGraph, *, seed: int, steps:
     for node in p_ref.nodes():
         for what in ("weight", "bias"):
             assert_close(f"{what} of node {node}", getattr(p_gpu, what)(node),
-                         getattr(p_ref, what)(node), rtol=rtol, atol=1e-5)
+                         getattr(p_ref, what)(node), rtol=tol["param"][0], atol=tol["param"][1])
         # Momentum sums the raw gradients; a ReLU whose input sits at 0 in one backend and
         # 1 ulp above in the other moves it by ~1e-5, so it gets a looser relative bound.
         for what in ("weight_momentum", "bias_momentum"):
             assert_close(f"{what} of node {node}", getattr(p_gpu, what)(node),
-                         getattr(p_ref, what)(node), rtol=1e-3, atol=3e-5)
+                         getattr(p_ref, what)(node), rtol=tol["mom"][0], atol=tol["mom"][1])
 
 
 @pytest.mark.parametrize("mode,backward", MODES)
@@ -382,6 +390,36 @@ def test_a_store_another_backend_trains_is_not_uploaded_stale() -> None:
     assert second.step(g, p, x, y, lr=0.1).loss == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["streams", "streams-graph", "auto"])
+@pytest.mark.parametrize("seed", range(50))
+def test_float64_random_dags_match_the_float64_reference(mode: str, seed: int) -> None:
+    """float64 (the streams modes; auto runs streams): the same 50 random DAGs and mutation
+    batches as the float32 test, within 1e-9 relative where float32 allows 1e-4."""
+    rng = np.random.default_rng(1000 + seed)
+    graph = random_dag(rng, int(rng.integers(1, 40)))
+    run_both(mode, "pull", graph, seed=seed, batch=int(rng.choice([1, 7, 64, 300])),
+             mutate_at=(3, 6), rtol=1e-9, dtype=np.float64)
+
+
+def test_float64_predict_and_errors() -> None:
+    from streamdag.backends.cuda import CudaBackend
+
+    rng = np.random.default_rng(4)
+    graph = random_dag(rng, 30)
+    params = ParamStore.initialize(graph, rng, dtype=np.float64)
+    x = rng.standard_normal((777, graph.n_inputs))
+    backend = CudaBackend(dtype=np.float64)
+    assert (backend.mode, backend.name) == ("streams", "cuda-streams-float64")
+    got = backend.predict(graph, params, x)
+    assert got.dtype == np.float64
+    assert_close("logits", got, ReferenceBackend().predict(graph, params, x), rtol=1e-12,
+                 atol=1e-12)
+    with pytest.raises(ConfigError, match="float64 parameters, got float32"):
+        backend.predict(graph, ParamStore.initialize(graph, rng), x)
+    with pytest.raises(ConfigError, match="float32 parameters, got float64"):
+        CudaBackend().predict(graph, params, x)
+
+
 def test_predict_matches_reference() -> None:
     from streamdag.backends.cuda import CudaBackend
 
@@ -426,21 +464,23 @@ def test_outgrowing_device_memory_is_a_typed_error_naming_sizes() -> None:
         CudaBackend().step(graph, params, x, np.zeros(65536, np.int64), lr=0.1)
 
 
-def small_growing_setup(seed: int, n: int, *, wmax: int) -> tuple[Any, ...]:
+def small_growing_setup(seed: int, n: int, *, wmax: int, dtype: Any = np.float32
+                        ) -> tuple[Any, ...]:
     """A random DAG of ``n`` groups, its parameters, a CudaBackend and a batch of 32."""
     from streamdag.backends.cuda import CudaBackend
 
     rng = np.random.default_rng(seed)
     graph = random_dag(rng, n, wmax=wmax)
-    params = ParamStore.initialize(graph, rng)
-    x = rng.standard_normal((32, graph.n_inputs)).astype(np.float32)
-    return graph, params, CudaBackend(), x, rng.integers(0, graph.n_classes, 32)
+    params = ParamStore.initialize(graph, rng, dtype=dtype)
+    x = rng.standard_normal((32, graph.n_inputs)).astype(dtype)
+    return graph, params, CudaBackend(dtype=dtype), x, rng.integers(0, graph.n_classes, 32)
 
 
-def test_replay_ignores_host_values_and_grows_arenas() -> None:
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_ignores_host_values_and_grows_arenas(dtype: Any) -> None:
     """A batch applied to a host store full of NaN, replayed on the device, gives what the
     same batch gives applied on the host to the synced values (also when an arena grows)."""
-    graph, params, gpu, x, y = small_growing_setup(7, 10, wmax=32)
+    graph, params, gpu, x, y = small_growing_setup(7, 10, wmax=32, dtype=dtype)
     grew = 0
     for batch in range(6):
         for _ in range(2):
@@ -482,11 +522,12 @@ def test_replay_ignores_host_values_and_grows_arenas() -> None:
     gpu.step(graph, params, x, y, lr=0.05, momentum=0.9)
 
 
-def test_device_follows_compactions_with_its_own_values() -> None:
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_follows_compactions_with_its_own_values(dtype: Any) -> None:
     """Batch after batch the arena fills with holes, and a batch (applied or refused) then
     begins with a compaction: the device moves its own values as the host moved its slots
     (the host's values are NaN), and the step after it reads the moved slots."""
-    graph, params, gpu, x, y = small_growing_setup(11, 12, wmax=16)
+    graph, params, gpu, x, y = small_growing_setup(11, 12, wmax=16, dtype=dtype)
     moved = {"applied": 0, "refused": 0}
 
     def check(want: ParamStore, what: str) -> None:
@@ -603,7 +644,8 @@ def test_device_scores_are_the_host_scores() -> None:
     assert dev.policy.state_dict() == host.policy.state_dict()
 
 
-def test_interrupted_gpu_run_resumes_bit_identically(tmp_path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_interrupted_gpu_run_resumes_bit_identically(tmp_path, dtype: str) -> None:
     """Stop a growing GPU run mid-way, resume it from its checkpoint: the same losses, the
     same network and the same growth state as the run that never stopped (the device-held
     parameters, momenta and growth scores all round-trip through the checkpoint)."""
@@ -612,12 +654,13 @@ def test_interrupted_gpu_run_resumes_bit_identically(tmp_path) -> None:
     from streamdag.train import TrainConfig, Trainer
 
     data = load_dataset("spirals")
-    cfg = TrainConfig(epochs=3, every=5, cooldown=10, threshold=1e-4, max_groups=24)
-    full = Trainer(data, cfg, backend=CudaBackend(), out_dir=tmp_path / "full")
+    cfg = TrainConfig(epochs=3, every=5, cooldown=10, threshold=1e-4, max_groups=24,
+                      dtype=dtype)
+    full = Trainer(data, cfg, backend=CudaBackend(dtype=dtype), out_dir=tmp_path / "full")
     full.fit()
-    part = Trainer(data, cfg, backend=CudaBackend(), out_dir=tmp_path / "part")
+    part = Trainer(data, cfg, backend=CudaBackend(dtype=dtype), out_dir=tmp_path / "part")
     assert part.fit(max_steps=33).stopped_early
-    resumed = Trainer.resume(tmp_path / "part", data, backend=CudaBackend())
+    resumed = Trainer.resume(tmp_path / "part", data, backend=CudaBackend(dtype=dtype))
     resumed.fit()
     assert full.counters.mutations > 3
     assert resumed.losses == full.losses
@@ -671,3 +714,22 @@ def test_a_resumed_run_chooses_the_modes_the_run_that_never_stopped_chose(tmp_pa
     resumed.fit()
     assert after.modes == seen.modes[stop:]
     assert resumed.losses == full.losses
+
+
+def test_digits_in_float64_grows_the_structure_of_the_reference() -> None:
+    """The README's digits run in float64: the GPU (``streams``) makes the reference's
+    mutations, every one, and ends with its network. (In float32 the two part at the 47th
+    of 47 mutations: docs/cuda-backend.md, "Digits".)"""
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.data import load_dataset
+    from streamdag.train import TrainConfig, Trainer
+
+    data = load_dataset("digits")
+    cfg = TrainConfig(dtype="float64")
+    host = Trainer(data, cfg)
+    dev = Trainer(data, cfg, backend=CudaBackend(dtype=np.float64))
+    h, d = host.fit(), dev.fit()
+    assert h.mutations > 40
+    assert (d.mutations, d.groups, d.steps) == (h.mutations, h.groups, h.steps)
+    assert dev.graph == host.graph
+    assert abs(d.test_accuracy - h.test_accuracy) <= 0.002

@@ -55,6 +55,18 @@ def test_resume_extends_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len((out / METRICS_NAME).read_text().splitlines()) == 2
 
 
+def test_a_float64_run_resumes_in_float64(tmp_path: Path) -> None:
+    from streamdag.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    assert train(*FAST, "--epochs", "1", "--dtype", "float64", "--out", str(out)) == 0
+    s = tmp_path / "s.json"
+    assert train("--resume", str(out), "--epochs", "2", "--summary-json", str(s)) == 0
+    assert json.loads(s.read_text())["steps"] == 50
+    ck = load_checkpoint(out / CHECKPOINT_NAME)
+    assert ck.params.dtype == np.float64 and ck.state["config"]["dtype"] == "float64"
+
+
 def test_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -102,6 +114,12 @@ def _bad_npz(tmp_path: Path) -> Path:
     return p
 
 
+def _run(tmp_path: Path, *args: str) -> Path:
+    run = tmp_path / "run"
+    assert train(*FAST, "--epochs", "1", "--out", str(run), *args) == 0
+    return run
+
+
 def _truncated_checkpoint(tmp_path: Path) -> Path:
     run = tmp_path / "cut"
     assert train(*FAST, "--epochs", "1", "--out", str(run)) == 0
@@ -147,6 +165,8 @@ def _corrupt_checkpoint(tmp_path: Path, what: str) -> Path:
     (lambda t: ["--backend", "cuda", "--dataset", "spirals", "--out", str(t / "o")], "cuda"),
     (lambda t: ["--backend", "reference", "--cuda-mode", "graph", "--dataset", "spirals",
                 "--out", str(t / "o")], "cuda mode ('graph') was given for the reference"),
+    (lambda t: ["--resume", str(_run(t, "--dtype", "float64")), "--dtype", "float32"],
+     "the checkpoint's run trains float64"),
 ])
 def test_user_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make_args, expect: str
@@ -197,3 +217,16 @@ def test_cuda_mode_is_checked_before_any_backend_is_made() -> None:
     with pytest.raises(ConfigError, match="unknown cuda mode 'fastest'"):
         get_backend("auto", cuda_mode="fastest")
     assert get_backend("reference", cuda_mode="auto").name == "reference"  # the default
+    with pytest.raises(ConfigError, match="dtype must be float32 or float64"):
+        get_backend("reference", dtype="float16")
+
+
+@pytest.mark.parametrize("mode", ["persistent", "fused", "graph"])
+def test_float64_is_refused_where_the_cuda_backend_has_no_float64_kernels(mode: str) -> None:
+    from streamdag.backends.cuda import CudaBackend
+    from streamdag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="float64 parameters train in the streams modes"):
+        CudaBackend(mode=mode, dtype=np.float64)
+    with pytest.raises(ConfigError, match="dtype must be float32 or float64"):
+        CudaBackend(dtype=np.float16)

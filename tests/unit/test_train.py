@@ -166,6 +166,7 @@ def test_cap_is_never_exceeded_in_training() -> None:
     ({"kind": "diagonal"}, ConfigError, "growth kind"),
     ({"max_groups": 1, "init_groups": 2}, CapacityError, "max_groups=1 is below"),
     ({"checkpoint_every": -1}, ConfigError, "checkpoint_every"),
+    ({"dtype": "float16"}, ConfigError, "dtype must be float32 or float64"),
 ])
 def test_config_checks(kw, error, match) -> None:
     with pytest.raises(error, match=match):
@@ -173,3 +174,26 @@ def test_config_checks(kw, error, match) -> None:
     with pytest.raises(ConfigError, match="unknown config keys"):
         TrainConfig.from_dict({"epochs": 1, "colour": "red"})
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_float64_trains_and_a_backend_that_cannot_is_refused(tmp_path: Path) -> None:
+    from streamdag.backends.reference import ReferenceBackend
+
+    data = DATA
+    t = Trainer(data, _cfg(epochs=1, dtype="float64"), out_dir=tmp_path / "run")
+    assert t.params.dtype == np.float64
+    t.fit()
+    assert all(t.params.weight(n).dtype == np.float64 for n in t.params.nodes())
+    resumed = Trainer.resume(tmp_path / "run", data, epochs=2)
+    assert resumed.params.dtype == np.float64 and resumed.config.dtype == "float64"
+
+    class Float32Only(ReferenceBackend):
+        name = "float32-only"
+
+        def trains(self, dtype: np.dtype) -> bool:
+            return dtype == np.float32
+
+    with pytest.raises(ConfigError, match="float32-only backend does not train float64"):
+        Trainer(data, _cfg(dtype="float64"), backend=Float32Only())
+    with pytest.raises(ConfigError, match="float32-only backend does not train float64"):
+        Trainer.resume(tmp_path / "run", data, backend=Float32Only())

@@ -18,8 +18,11 @@ from test_cuda_backend import random_dag
 rng = np.random.default_rng(5)
 g = random_dag(rng, 12); p = ParamStore.initialize(g, rng)
 x = rng.standard_normal((37, g.n_inputs)).astype(np.float32); y = rng.integers(0, g.n_classes, 37)
-for mode, bwd in [("persistent", "pull"), ("fused", "push"), ("graph", "pull"), ("streams", "pull")]:
-    gg, pp = g.copy(), p.copy(); b = CudaBackend(mode=mode, backward=bwd)
+for mode, bwd, dt in [("persistent", "pull", np.float32), ("fused", "push", np.float32),
+                      ("graph", "pull", np.float32), ("streams", "pull", np.float32),
+                      ("streams", "pull", np.float64)]:
+    gg, b = g.copy(), CudaBackend(mode=mode, backward=bwd, dtype=dt)
+    pp = p.copy() if dt == np.float32 else ParamStore.initialize(g, np.random.default_rng(6), dtype=dt)
     b.track_scores((0.9, 0.9), {}, {})  # growth scores on the device
     for i in range(2): print(mode, bwd, b.step(gg, pp, x, y, lr=0.1, momentum=0.9).loss)
     print("above 0:", len(b.scores_passing("grad_std", 0.0)))
@@ -45,15 +48,22 @@ for tool in memcheck racecheck; do
   echo "compute-sanitizer $tool exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
 done
 timeout 300 $PY tools/cuda_quick.py S M L 2>&1 | tee "$out/cuda_quick.log"
-# the same digits run on both backends: accuracy and grown structure
-for b in reference cuda; do
-  rm -rf "/tmp/digits-$b"; $PY -m streamdag --log-level warning train --dataset digits --backend $b --no-progress \
-    --out "/tmp/digits-$b" --summary-json "$out/digits-$b.json" && cat "$out/digits-$b.json"
-  cp "/tmp/digits-$b/network.dot" "$out/digits-$b.dot"
+# the same digits run on both backends, in float32 and in float64: accuracy and grown
+# structure (float32 parts at the last mutation: docs/cuda-backend.md, "Digits")
+for dt in float32 float64; do
+  for b in reference cuda; do
+    rm -rf "/tmp/digits-$b"; $PY -m streamdag --log-level warning train --dataset digits --backend $b \
+      --dtype $dt --no-progress --out "/tmp/digits-$b" --summary-json "$out/digits-$dt-$b.json" \
+      && cat "$out/digits-$dt-$b.json"
+    cp "/tmp/digits-$b/network.dot" "$out/digits-$dt-$b.dot"
+  done
+  cmp "$out/digits-$dt-reference.dot" "$out/digits-$dt-cuda.dot" > /dev/null \
+    && echo "$dt: same grown structure" | tee -a "$out/digits.txt" \
+    || echo "$dt: structures differ" | tee -a "$out/digits.txt"
 done
-cmp "$out/digits-reference.dot" "$out/digits-cuda.dot" && echo "same grown structure" || echo "structures differ"
 # the verdicts again, last, where a caller that keeps only the tail of the output sees them
 echo "== summary"; cat "$out/gpu.txt"; tail -1 "$out/pytest_cuda.log"
 for tool in memcheck racecheck; do
   echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
 done
+cat "$out/digits.txt"
