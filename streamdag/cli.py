@@ -84,10 +84,11 @@ def _add_train_parser(sub: Any) -> None:
                         "docs/cuda-backend.md)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="parameters and arithmetic (default: float32; with --resume, the "
-                        "checkpoint's). float64 grows the same structure on every backend "
-                        "(float32 runs part after a few hundred steps: rounding differences "
-                        "grow until a growth decision flips); the cuda backend then runs "
-                        "its streams mode")
+                        "checkpoint's). In float32, runs on two backends part after a few "
+                        "hundred steps (rounding differences grow until a growth decision "
+                        "flips); in float64 digits grows the same network on both. The cuda "
+                        "backend runs float64 in its streams modes only (auto: "
+                        "streams-graph)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training set (default: {d.epochs}; with --resume, "
                         "the checkpoint's)")

@@ -71,10 +71,10 @@ class TrainConfig:
         noise: symmetry-breaking noise of width duplications (relative std; 0 = exact).
         checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
         dtype: ``"float32"`` (default) or ``"float64"``, the parameters and the arithmetic.
-            float64 makes a run's grown structure independent of the order a backend sums
-            in (float32 training amplifies one rounding difference until a growth decision
-            flips: docs/cuda-backend.md, "Digits"); the cuda backend then runs its
-            ``streams`` mode.
+            float32 training amplifies one rounding difference until a growth decision
+            flips, so two backends that sum in another order part after a few hundred
+            steps; float64 pushes that far past a run's length (docs/cuda-backend.md,
+            "Digits"). The cuda backend runs float64 in its ``streams`` modes only.
     """
 
     epochs: int = 40

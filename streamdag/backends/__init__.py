@@ -42,7 +42,8 @@ def get_backend(name: str = "auto", *, cuda_mode: str | None = None,
         cuda_mode: the ``mode`` of the cuda backend (default: its own, ``"auto"``); ignored
             where ``name="auto"`` falls back to the reference.
         dtype: the parameters' dtype, ``"float32"`` or ``"float64"`` (the cuda backend
-            trains float64 in its ``streams`` modes only; its ``auto`` mode runs ``streams``).
+            trains float64 in its ``streams`` modes only; its ``auto`` mode runs
+            ``streams-graph``).
 
     Raises:
         BackendError: ``cuda`` was asked for and cannot run here (the message says why).

@@ -393,8 +393,8 @@ def test_a_store_another_backend_trains_is_not_uploaded_stale() -> None:
 @pytest.mark.parametrize("mode", ["streams", "streams-graph", "auto"])
 @pytest.mark.parametrize("seed", range(50))
 def test_float64_random_dags_match_the_float64_reference(mode: str, seed: int) -> None:
-    """float64 (the streams modes; auto runs streams): the same 50 random DAGs and mutation
-    batches as the float32 test, within 1e-9 relative where float32 allows 1e-4."""
+    """float64 (the streams modes; auto runs streams-graph): the same 50 random DAGs and
+    mutation batches as the float32 test, within 1e-9 relative where float32 allows 1e-4."""
     rng = np.random.default_rng(1000 + seed)
     graph = random_dag(rng, int(rng.integers(1, 40)))
     run_both(mode, "pull", graph, seed=seed, batch=int(rng.choice([1, 7, 64, 300])),
@@ -409,8 +409,8 @@ def test_float64_predict_and_errors() -> None:
     params = ParamStore.initialize(graph, rng, dtype=np.float64)
     x = rng.standard_normal((777, graph.n_inputs))
     backend = CudaBackend(dtype=np.float64)
-    assert (backend.mode, backend.name) == ("streams", "cuda-streams-float64")
     got = backend.predict(graph, params, x)
+    assert (backend.active_mode, backend.name) == ("streams-graph", "cuda-auto-float64")
     assert got.dtype == np.float64
     assert_close("logits", got, ReferenceBackend().predict(graph, params, x), rtol=1e-12,
                  atol=1e-12)
