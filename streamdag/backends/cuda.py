@@ -84,11 +84,10 @@ same source with ``sd_real = double``); the tiled level kernels and the persiste
 float32 only, so the other modes are refused and ``auto`` runs ``streams-graph``: at M on an
 H100 its step takes 8.3 ms against ``streams``' 62, and a batch plus the step after it
 397 ms against 177, so it is ahead from a batch every five steps on (the growth policy's
-``every`` defaults to 10). Buffers are
-sized by the element (``_esize``); a float64 prediction runs the forward one level slice a
-launch (``_launch_forward_levels``). It exists for runs whose grown structure must not
-depend on the backend: float32 training amplifies a rounding difference until a growth
-decision flips (docs/cuda-backend.md, "Digits").
+``every`` defaults to 10). Buffers are sized by the element (``_esize``); a float64
+prediction runs the forward one level slice a launch (``_launch_forward_levels``). It exists
+for runs whose grown structure must not depend on the backend: float32 training amplifies a
+rounding difference until a growth decision flips (docs/cuda-backend.md, "Digits").
 
 Growing. A mutation batch is applied to the host store without downloading it first: the
 backend replays the batch's :class:`~streamdag.params.ParamOp` log on the device
