@@ -652,7 +652,11 @@ class CudaBackend(Backend):
             task_nodes[keys[1:]] = np.arange(1, len(keys), dtype=np.int32)
             task_nodes[0] = h.row_stride
             self._stream_keys = keys
-            self._put_many({**(also or {}), "task_nodes": task_nodes, **{
+            # float64's predict walks the levels (_launch_forward_levels): sd_forward's key
+            # table for them, the row stride, then each level's first node
+            levels = ({"level_nodes": np.concatenate([[h.row_stride], h.level_start[1:-1]])
+                       .astype(np.int32)} if self._f64 else {})
+            self._put_many({**(also or {}), "task_nodes": task_nodes, **levels, **{
                 name: getattr(h, name) for name in (
                     "nodes", "preds", "succs", "succ_node", "colmap", "level_start", "tiles",
                     "group_ids")}})
@@ -1095,12 +1099,11 @@ class CudaBackend(Backend):
 
     def _launch_forward_levels(self, batch: int) -> None:
         """The forward alone, one ``sd_forward`` launch per level of the host tables (a
-        float64 backend's predict: the persistent step is float32 only). ``level_nodes``
-        is ``sd_forward``'s key table: the row stride, then each level's first node."""
+        float64 backend's predict: the persistent step is float32 only), keyed through
+        ``level_nodes`` (uploaded with the tables by ``_rebuild``)."""
         t = self._tables
         assert t is not None and t.by_level
         ls = t.level_start
-        self._put("level_nodes", np.concatenate([[t.row_stride], ls[1:-1]]).astype(np.int32))
         i32, rows = np.int32, math.ceil(batch / FWD_ROWS)
         for level in range(1, t.n_levels):  # the groups' levels, then the output's
             self._launch(self._k["sd_forward"], (int(ls[level + 1] - ls[level]), rows),
